@@ -1,0 +1,18 @@
+"""cubn: normalization layers with hand-written CUDA kernels, a NumPy twin for every op,
+and a small tape-based autodiff over NumPy or CuPy arrays.
+
+    import cubn
+    x = cubn.tensor(data, requires_grad=True)          # NumPy path
+    x = cubn.tensor(data, device="cuda")               # CuPy path, where a GPU answers
+    y = cubn.nn.BatchNorm2d(16)(x)
+"""
+from . import backend
+from .backend import has_gpu
+from .tensor import Function, Tensor, is_grad_enabled, no_grad, tensor
+
+__version__ = "0.1.0"
+
+from . import ops, nn  # noqa: E402  (nn needs Tensor above)
+
+__all__ = ["Tensor", "Function", "tensor", "no_grad", "is_grad_enabled", "has_gpu", "backend",
+           "ops", "nn", "__version__"]

@@ -1,0 +1,1 @@
+"""Modules and the functional API (filled in by the nn work)."""

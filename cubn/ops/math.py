@@ -1,0 +1,1 @@
+"""General differentiable array ops (filled in by the ops work)."""

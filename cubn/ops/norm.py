@@ -1,0 +1,1 @@
+"""Normalization Functions (filled in by the ops work)."""

@@ -1,0 +1,38 @@
+"""The NumPy twin of the kernel API.
+
+Every module here has a CUDA twin in ``cubn/cuda`` with the same function
+names and signatures (a test checks this). The code is written against
+``xp = get_array_module(x)``, so it runs on NumPy arrays (the CPU path and the
+test oracle) and on CuPy arrays (a kernel-free GPU baseline).
+
+Shapes and dtypes, shared by every function:
+
+* ``x``, ``dy`` are C-contiguous; the ops layer reshapes user tensors to the
+  views named below. float16, float32 and float64 are accepted.
+* Statistics are accumulated in, and returned as, the accumulation dtype:
+  float64 for float64 input, float32 otherwise (``acc_dtype``).
+* ``gamma``/``beta`` are arrays of the accumulation dtype or None (meaning 1
+  and 0). Backward always returns dgamma and dbeta as arrays.
+* ``y`` and ``dx`` have the input's dtype.
+* Training-mode functions need at least one element per statistic; the ops
+  layer handles empty batches and raises for single-value statistics before
+  calling them.
+
+batchnorm.py      x: (N, C, S), one statistic per channel over M = N*S values
+    batchnorm_forward(x, gamma, beta, eps) -> (y, mean, var, rstd)
+    batchnorm_backward(dy, x, gamma, mean, rstd) -> (dx, dgamma, dbeta)
+    batchnorm_inference(x, gamma, beta, mean, var, eps) -> y
+    batchnorm_inference_backward(dy, x, gamma, mean, var, eps) -> (dx, dgamma, dbeta)
+batchrenorm.py    x: (N, C, S); r and d are constants for backward
+    batchrenorm_forward(x, gamma, beta, running_mean, running_std, rmax, dmax, eps)
+        -> (y, mean, var, rstd, r, d)
+    batchrenorm_backward(dy, x, gamma, mean, rstd, r, d) -> (dx, dgamma, dbeta)
+rownorm.py        x: (N, C, S), rows (n, g) of K = (C/groups)*S contiguous values, affine per channel
+    rownorm_forward(x, gamma, beta, groups, eps) -> (y, mean, rstd)       mean, rstd: (N, groups)
+    rownorm_backward(dy, x, gamma, mean, rstd, groups) -> (dx, dgamma, dbeta)
+rmsnorm.py        x: (R, K), affine per element of a row
+    rmsnorm_forward(x, gamma, eps) -> (y, rrms)                            rrms: (R,)
+    rmsnorm_backward(dy, x, gamma, rrms) -> (dx, dgamma)
+
+Equation tags ``[E#]`` in each file match the CUDA twin in ``kernels/``.
+"""

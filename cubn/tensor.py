@@ -1,0 +1,310 @@
+"""The tape: Tensor, Function and reverse-mode differentiation.
+
+A Tensor wraps one array (``numpy.ndarray`` or ``cupy.ndarray``) in ``.data``.
+Every differentiable op is a ``Function`` subclass with
+
+    forward(*arrays, **constants) -> array       computes the result on raw arrays
+    backward(grad) -> one grad (or None) per input   the vector-Jacobian product
+
+``Function.apply(*inputs, **constants)`` runs ``forward`` and, when gradients
+are wanted, remembers the Function as the output's ``_ctx`` together with its
+inputs (``parents``). That chain of ``_ctx`` links is the tape.
+
+``Tensor.backward()`` sorts the graph topologically with an iterative DFS (no
+recursion limit, so a 10,000-layer chain works), walks it in reverse, calls
+each ``backward`` once and accumulates the gradient of every input with ``+=``.
+Leaves (tensors made by the user with ``requires_grad=True``) keep their
+gradient in ``.grad``; the graph is freed as it is walked.
+
+This file knows nothing about devices or kernels: ops live in ``cubn.ops``.
+"""
+import contextlib
+import threading
+
+import numpy
+
+from . import backend
+
+_state = threading.local()
+
+
+def is_grad_enabled():
+    return getattr(_state, "grad_enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Within this block no op records itself on the tape (like ``torch.no_grad``)."""
+    previous = is_grad_enabled()
+    _state.grad_enabled = False
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
+_FREED = "freed"  # stands in _ctx of a node whose graph a backward already walked
+
+
+class Function:
+    """One op on the tape. Subclasses implement ``forward`` and ``backward``.
+
+    ``self.parents`` holds the input Tensors (None where an optional input was
+    not given); ``self.needs_input_grad[i]`` tells backward which gradients are
+    wanted, so it may skip work for the others by returning None.
+    """
+
+    def __init__(self, *parents):
+        self.parents = parents
+        self.needs_input_grad = tuple(p is not None and p.requires_grad for p in parents)
+
+    def forward(self, *arrays, **constants):
+        raise NotImplementedError
+
+    def backward(self, grad):
+        raise NotImplementedError
+
+    @classmethod
+    def run(cls, *inputs, **constants):
+        """Apply the op and return ``(output Tensor, the Function instance)``.
+
+        The instance is useful when forward leaves side results on ``self``
+        (a norm's batch statistics, for instance); most callers use ``apply``.
+        """
+        parents = tuple(None if x is None else as_tensor(x) for x in inputs)
+        fn = cls(*parents)
+        out = fn.forward(*(None if p is None else p.data for p in parents), **constants)
+        wants_grad = is_grad_enabled() and any(fn.needs_input_grad)
+        result = Tensor(out, requires_grad=wants_grad)
+        if wants_grad:
+            result._ctx = fn
+        return result, fn
+
+    @classmethod
+    def apply(cls, *inputs, **constants):
+        return cls.run(*inputs, **constants)[0]
+
+    def __repr__(self):
+        return type(self).__name__
+
+
+class Tensor:
+    """An array with an optional gradient; see the module docstring."""
+
+    __array_priority__ = 1000  # numpy_array + tensor calls Tensor.__radd__
+
+    def __init__(self, data, requires_grad=False, dtype=None, device=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        if not (isinstance(data, numpy.ndarray) or backend.is_cupy(data)):
+            data = numpy.asarray(data)
+        if dtype is not None:
+            data = data.astype(dtype, copy=False)
+        if device is not None:
+            data = backend.to_device(data, device)
+        if requires_grad and data.dtype.kind != "f":
+            raise TypeError(f"requires_grad=True needs a floating-point tensor, got dtype {data.dtype}")
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._ctx = None
+
+    # ---- properties -------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+    device = property(lambda self: backend.device_of(self.data))
+    is_leaf = property(lambda self: self._ctx is None)
+    T = property(lambda self: self.transpose())
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        op = f", op={self._ctx!r}" if self._ctx not in (None, _FREED) else ""
+        return f"Tensor({self.data!r}, device='{self.device}'{grad}{op})"
+
+    # ---- conversion -------------------------------------------------------
+    def numpy(self):
+        """The data as a NumPy array (copied from the GPU when it lives there)."""
+        return backend.to_numpy(self.data)
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def to(self, device):
+        """A tensor on ``device`` ('cpu' or 'cuda'). Differentiable, like torch's ``.to``."""
+        from .ops import math
+        return math.to_device(self, device)
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def detach(self):
+        """Same data, cut from the tape."""
+        return Tensor(self.data)
+
+    def requires_grad_(self, flag=True):
+        if flag and self.dtype.kind != "f":
+            raise TypeError(f"requires_grad=True needs a floating-point tensor, got dtype {self.dtype}")
+        self.requires_grad = bool(flag)
+        return self
+
+    def zero_grad(self):
+        self.grad = None
+
+    # ---- reverse mode ----------------------------------------------------
+    def backward(self, grad=None):
+        """Accumulate d(self)/d(leaf) * grad into every leaf's ``.grad``.
+
+        ``grad`` (array or Tensor, same shape as self) is required unless self
+        has exactly one element. The graph is freed afterwards.
+        """
+        if self._ctx is _FREED:
+            raise RuntimeError("backward() through a graph a second time: the first backward freed it")
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad "
+                               "(no input had requires_grad=True, or it was made under no_grad())")
+        xp = backend.get_array_module(self.data)
+        if grad is None:
+            if self.data.size != 1:
+                raise ValueError(f"backward() needs grad= for a non-scalar output of shape {self.shape}")
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward(grad=...) needs shape {self.shape}, got {grad.shape}")
+            grad = grad.astype(self.dtype, copy=False)
+
+        grads = {id(self): grad}
+        for node in reversed(_topological_order(self)):
+            g = grads.pop(id(node), None)
+            fn = node._ctx
+            if fn is not None:
+                node._ctx = _FREED
+            if g is None:  # every path to this node had a None gradient
+                continue
+            if fn is None:  # a leaf: keep its gradient
+                node.grad = g.copy() if node.grad is None else _accumulate(node.grad, g)
+                continue
+            in_grads = fn.backward(g)
+            if not isinstance(in_grads, tuple):
+                in_grads = (in_grads,)
+            for parent, pg in zip(fn.parents, in_grads):
+                if parent is None or pg is None or not parent.requires_grad:
+                    continue
+                if pg.shape != parent.shape:
+                    raise RuntimeError(f"{fn!r}.backward returned a gradient of shape {pg.shape} "
+                                       f"for an input of shape {parent.shape}")
+                pg = pg.astype(parent.dtype, copy=False)
+                key = id(parent)
+                grads[key] = pg if key not in grads else _accumulate(grads[key], pg)
+
+    # ---- operators (implemented in cubn.ops.math) -------------------------
+    def __add__(self, other): return _math().add(self, other)
+    def __radd__(self, other): return _math().add(other, self)
+    def __sub__(self, other): return _math().sub(self, other)
+    def __rsub__(self, other): return _math().sub(other, self)
+    def __mul__(self, other): return _math().mul(self, other)
+    def __rmul__(self, other): return _math().mul(other, self)
+    def __truediv__(self, other): return _math().div(self, other)
+    def __rtruediv__(self, other): return _math().div(other, self)
+    def __pow__(self, exponent): return _math().pow(self, exponent)
+    def __neg__(self): return _math().neg(self)
+    def __matmul__(self, other): return _math().matmul(self, other)
+    def __rmatmul__(self, other): return _math().matmul(other, self)
+    def __getitem__(self, index): return _math().getitem(self, index)
+    def __eq__(self, other): return _math().compare(self, other, "eq")
+    def __ne__(self, other): return _math().compare(self, other, "ne")
+    def __lt__(self, other): return _math().compare(self, other, "lt")
+    def __le__(self, other): return _math().compare(self, other, "le")
+    def __gt__(self, other): return _math().compare(self, other, "gt")
+    def __ge__(self, other): return _math().compare(self, other, "ge")
+    __hash__ = object.__hash__
+
+    def sum(self, axis=None, keepdims=False): return _math().sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return _math().mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return _math().max(self, axis, keepdims)
+    def reshape(self, *shape): return _math().reshape(self, _shape_arg(shape))
+    def view(self, *shape): return _math().reshape(self, _shape_arg(shape))
+    def transpose(self, *axes): return _math().transpose(self, _shape_arg(axes) or None)
+    def permute(self, *axes): return _math().transpose(self, _shape_arg(axes))
+    def flatten(self, start_dim=0, end_dim=-1): return _math().flatten(self, start_dim, end_dim)
+    def exp(self): return _math().exp(self)
+    def log(self): return _math().log(self)
+    def sqrt(self): return _math().sqrt(self)
+    def relu(self): return _math().relu(self)
+    def sigmoid(self): return _math().sigmoid(self)
+    def tanh(self): return _math().tanh(self)
+    def softmax(self, axis=-1): return _math().softmax(self, axis)
+    def log_softmax(self, axis=-1): return _math().log_softmax(self, axis)
+    def argmax(self, axis=None): return Tensor(self.data.argmax(axis=axis))
+
+
+def _math():
+    from .ops import math
+    return math
+
+
+def _shape_arg(args):
+    """Accept both t.reshape(2, 3) and t.reshape((2, 3))."""
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        return tuple(args[0])
+    return tuple(args)
+
+
+def _accumulate(into, g):
+    """into += g where that is safe; a new array when broadcasting or dtypes say otherwise."""
+    if into.flags.writeable and into.shape == g.shape and into.dtype == g.dtype:
+        into += g
+        return into
+    return into + g
+
+
+def _topological_order(root):
+    """Nodes reachable from ``root`` with every node after all of its inputs (iterative DFS)."""
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, inputs_done = stack.pop()
+        if inputs_done:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        if node._ctx not in (None, _FREED):
+            for parent in node._ctx.parents:
+                if parent is not None and parent.requires_grad and id(parent) not in visited:
+                    stack.append((parent, False))
+    return order
+
+
+def as_tensor(x):
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def tensor(data, requires_grad=False, dtype=None, device=None):
+    """Make a Tensor from a list, scalar, NumPy or CuPy array (like ``torch.tensor``).
+
+    Python floats become float32 unless ``dtype`` says otherwise (PyTorch's default);
+    arrays keep their dtype.
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    if dtype is None and not (isinstance(data, numpy.ndarray) or backend.is_cupy(data)):
+        data = numpy.asarray(data)
+        if data.dtype == numpy.float64:
+            data = data.astype(numpy.float32)
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
