@@ -1,0 +1,70 @@
+"""Row normalization: LayerNorm, InstanceNorm and GroupNorm in one routine (NumPy twin).
+
+Twin of ``kernels/rownorm.cu`` (not written yet; it will carry the same names and
+[E#] tags), launched by ``cubn/cuda/rownorm.py``.
+
+Layout: ``x`` is (N, C, S), C-contiguous. The C channels form ``groups`` groups
+of C/groups channels; row (n, g) is the contiguous block of K = (C/groups)*S
+values ``x[n, g*C/groups:(g+1)*C/groups, :]``. Statistics are per row, the
+affine per channel (Ioffe & Szegedy's formulas, applied per row):
+
+    [E1] mean = (1/K) sum x            [E2] var = (1/K) sum (x-mean)^2   (biased, two-pass)
+    [E3] rstd = 1/sqrt(var + eps)      [E4] xhat = (x-mean)*rstd
+    [E5] y = gamma[c]*xhat + beta[c]
+    [E6] dbeta[c] = sum dy             [E7] dgamma[c] = sum dy*xhat      (over n and s)
+    [E8] dx = rstd*(g - mean(g) - xhat*mean(g*xhat)),  g = gamma[c]*dy, means over the row
+
+The three norms are three views of their input, as chainer's
+``group_normalization`` reshapes GroupNorm into a row normalization:
+
+    LayerNorm(normalized_shape)  x viewed as (R, K, 1), groups=1: R = prod(leading dims),
+                                 K = prod(normalized_shape). Each "channel" is one element
+                                 of the row, so per-channel affine is LN's per-element affine.
+    InstanceNorm                 (N, C, S), groups=C: one row per (n, c), K = S.
+    GroupNorm(G)                 (N, C, S), groups=G: K = (C/G)*S.
+
+Shapes and dtypes: gamma, beta are (C,) of the accumulation dtype, or None
+(meaning 1 and 0); mean, rstd are (N, groups) of the accumulation dtype; y and
+dx have x's dtype; dgamma and dbeta are always returned, (C,), accumulation dtype.
+"""
+from cubn.backend import get_array_module
+from cubn.ref.common import acc_dtype
+
+
+def _rows(a, groups, dtype):
+    """(N, C, S) -> (N, groups, K) in ``dtype``: row (n, g) is contiguous, so this is a view plus a cast."""
+    return a.reshape(a.shape[0], groups, -1).astype(dtype, copy=False)
+
+
+def rownorm_forward(x, gamma, beta, groups, eps):
+    """Normalize each row (n, g) of x (N, C, S); return (y, mean, rstd), mean/rstd (N, groups)."""
+    xp = get_array_module(x)
+    acc = acc_dtype(x.dtype)
+    xr = _rows(x, groups, acc)
+    mean = xr.mean(axis=2)                                                         # [E1]
+    d = xr - mean[..., None]
+    # [E2] two-pass: sum of squared deviations. Subtracting mean(d)^2 (zero in exact
+    # arithmetic) cancels the rounding error of the stored mean, which would otherwise
+    # add its square to var: rows of 1e4 + 0.01*randn in float32 get var up to ~1% high
+    # (the "corrected two-pass" algorithm, Chan, Golub & LeVeque 1983, eq. 1.7). Both
+    # terms read deviations, never raw x, so this is not E[x^2] - E[x]^2. The clamp
+    # keeps a rounding-negative var of a constant row from reaching sqrt.
+    var = xp.maximum(xp.square(d).mean(axis=2) - xp.square(d.mean(axis=2)), 0)
+    rstd = 1 / xp.sqrt(var + acc(eps))                                             # [E3]
+    xhat = (d * rstd[..., None]).reshape(x.shape)                                  # [E4]
+    y = xhat if gamma is None else xhat * gamma[:, None]                           # [E5]
+    y = y if beta is None else y + beta[:, None]
+    return y.astype(x.dtype), mean, rstd
+
+
+def rownorm_backward(dy, x, gamma, mean, rstd, groups):
+    """Gradients of rownorm_forward for upstream dy (N, C, S); return (dx, dgamma, dbeta)."""
+    acc = acc_dtype(x.dtype)
+    dy = dy.astype(acc, copy=False)
+    xhat = (_rows(x, groups, acc) - mean[..., None]) * rstd[..., None]             # [E4] recomputed
+    dbeta = dy.sum(axis=(0, 2))                                                    # [E6]
+    dgamma = (dy * xhat.reshape(x.shape)).sum(axis=(0, 2))                         # [E7]
+    g = (dy if gamma is None else dy * gamma[:, None]).reshape(xhat.shape)         # dL/dxhat
+    dx = rstd[..., None] * (g - g.mean(axis=2, keepdims=True)                      # [E8]
+                            - xhat * (g * xhat).mean(axis=2, keepdims=True))
+    return dx.reshape(x.shape).astype(x.dtype), dgamma, dbeta
