@@ -8,11 +8,12 @@ and a small tape-based autodiff over NumPy or CuPy arrays.
 """
 from . import backend
 from .backend import has_gpu
+from .random import manual_seed
 from .tensor import Function, Tensor, is_grad_enabled, no_grad, tensor
 
 __version__ = "0.1.0"
 
-from . import ops, nn  # noqa: E402  (nn needs Tensor above)
+from . import data, ops, nn, optim  # noqa: E402  (nn needs Tensor above)
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "is_grad_enabled", "has_gpu", "backend",
-           "ops", "nn", "__version__"]
+           "manual_seed", "data", "ops", "nn", "optim", "__version__"]

@@ -190,6 +190,8 @@ class Tensor:
         for node in reversed(_topological_order(self)):
             g = grads.pop(id(node), None)
             fn = node._ctx
+            if fn is _FREED:  # reached through another output that shares an already-walked graph
+                raise RuntimeError("backward() through a graph a second time: an earlier backward freed it")
             if fn is not None:
                 node._ctx = _FREED
             if g is None:  # every path to this node had a None gradient
@@ -206,9 +208,12 @@ class Tensor:
                 if pg.shape != parent.shape:
                     raise RuntimeError(f"{fn!r}.backward returned a gradient of shape {pg.shape} "
                                        f"for an input of shape {parent.shape}")
-                pg = pg.astype(parent.dtype, copy=False)
+                # asarray: NumPy turns 0-d results into scalars; the parent's module, not the
+                # root's, so graphs that cross devices with .to() work.
+                pg = backend.get_array_module(parent.data).asarray(pg, dtype=parent.dtype)
                 key = id(parent)
-                grads[key] = pg if key not in grads else _accumulate(grads[key], pg)
+                # Not +=: a backward may hand the same array to several inputs (or pass grad= through).
+                grads[key] = pg if key not in grads else grads[key] + pg
 
     # ---- operators (implemented in cubn.ops.math) -------------------------
     def __add__(self, other): return _math().add(self, other)
@@ -264,8 +269,8 @@ def _shape_arg(args):
 
 
 def _accumulate(into, g):
-    """into += g where that is safe; a new array when broadcasting or dtypes say otherwise."""
-    if into.flags.writeable and into.shape == g.shape and into.dtype == g.dtype:
+    """A leaf's .grad += g. Safe in place: a leaf's .grad is always its own copy."""
+    if into.shape == g.shape and into.dtype == g.dtype and getattr(into.flags, "writeable", True):
         into += g
         return into
     return into + g

@@ -1,0 +1,4 @@
+"""Data sets and loading."""
+from .synthetic import spirals
+
+__all__ = ["spirals"]

@@ -1,0 +1,4 @@
+"""Optimizers."""
+from .sgd import SGD
+
+__all__ = ["SGD"]

@@ -1,0 +1,114 @@
+"""Batch Normalization (Ioffe & Szegedy 2015, arXiv:1502.03167), NumPy twin.
+
+Twin of ``kernels/batchnorm.cu`` (not written yet; it will carry the same names
+and [E#] tags), launched by ``cubn/cuda/batchnorm.py``.
+
+Layout: ``x`` and ``dy`` are (N, C, S), C-contiguous (the ops layer views
+(N, C, *spatial) this way). One statistic per channel c over its M = N*S values:
+
+    [E1] mean[c] = (1/M) sum x          [E2] var[c] = (1/M) sum (x-mean)^2   (biased)
+    [E3] rstd = 1/sqrt(var+eps)         [E4] xhat = (x-mean)*rstd    [E5] y = gamma*xhat + beta
+    [E6] dbeta = sum dy   [E7] dgamma = sum dy*xhat   [E8] dx = gamma*rstd*(dy - (dbeta + xhat*dgamma)/M)
+
+Conventions: training normalizes with the biased batch variance (the unbiased
+running variance is the Module's business); inference uses the given mean and
+var, which are constants for its backward. Statistics are two-pass, accumulated
+in the accumulation dtype (float64 for float64 input, float32 otherwise), never
+E[x^2] - E[x]^2. gamma, beta are (C,) of the accumulation dtype or None (meaning
+1 and 0); mean, var, rstd, dgamma, dbeta are (C,) of the accumulation dtype; y
+and dx have x's dtype.
+"""
+from cubn.backend import get_array_module
+from cubn.ref.common import acc_dtype
+
+_REDUCED = (0, 2)  # the N and S axes: everything but the channel
+
+
+def _per_channel(v):
+    """A (C,) array shaped (1, C, 1), to broadcast over (N, C, S)."""
+    return v.reshape(1, -1, 1)
+
+
+def _acc(a):
+    return a.astype(acc_dtype(a.dtype), copy=False)
+
+
+def _rstd(var, eps):
+    xp = get_array_module(var)
+    return 1 / xp.sqrt(var + var.dtype.type(eps))                                  # [E3]
+
+
+def _xhat(x, mean, rstd):
+    return (_acc(x) - _per_channel(mean)) * _per_channel(rstd)                     # [E4]
+
+
+def _affine(xhat, gamma, beta, dtype):
+    """gamma*xhat + beta per channel (None meaning 1 and 0), cast to ``dtype``."""
+    y = xhat if gamma is None else xhat * _per_channel(gamma)                      # [E5]
+    y = y if beta is None else y + _per_channel(beta)
+    return y.astype(dtype, copy=False)
+
+
+def _param_grads(dy, xhat):
+    """(dy in the accumulation dtype, dgamma, dbeta)."""
+    dy = _acc(dy)
+    dbeta = dy.sum(axis=_REDUCED)                                                  # [E6]
+    dgamma = (dy * xhat).sum(axis=_REDUCED)                                        # [E7]
+    return dy, dgamma, dbeta
+
+
+def _batch_stats(x, eps):
+    """Per-channel (mean, biased var, rstd) of x (N, C, S), two-pass, in the accumulation dtype."""
+    xp = get_array_module(x)
+    xa = _acc(x)
+    mean = xa.mean(axis=_REDUCED)                                                  # [E1]
+    d = xa - _per_channel(mean)
+    # [E2] second pass over the deviations. Subtracting mean(d)^2 (zero in exact
+    # arithmetic) cancels the rounding error of the stored mean, which would
+    # otherwise add its square to var: 1e4 + 0.01*randn in float32 gets var ~1e-3
+    # high ("corrected two-pass", Chan, Golub & LeVeque 1983, eq. 1.7). Both terms
+    # read deviations, never raw x, so this is not E[x^2] - E[x]^2. The clamp keeps
+    # a rounding-negative var of a constant channel from reaching sqrt.
+    var = xp.maximum(xp.square(d).mean(axis=_REDUCED) - xp.square(d.mean(axis=_REDUCED)), 0)
+    return mean, var, _rstd(var, eps)
+
+
+def batchnorm_forward(x, gamma, beta, eps):
+    """Training forward of x (N, C, S) with batch statistics; return (y, mean, var, rstd)."""
+    mean, var, rstd = _batch_stats(x, eps)
+    return _affine(_xhat(x, mean, rstd), gamma, beta, x.dtype), mean, var, rstd
+
+
+def batchnorm_backward(dy, x, gamma, mean, rstd):
+    """Gradients of batchnorm_forward for upstream dy (N, C, S); return (dx, dgamma, dbeta).
+
+    mean and rstd are the forward's; xhat is recomputed from x.
+    """
+    M = x.shape[0] * x.shape[2]
+    xhat = _xhat(x, mean, rstd)
+    dy, dgamma, dbeta = _param_grads(dy, xhat)
+    scale = rstd if gamma is None else gamma * rstd
+    # [E8] every x of a channel moves its mean and var: dbeta/M is the gradient that
+    # flows through the mean, xhat*dgamma/M the one that flows through the variance.
+    dx = _per_channel(scale) * (dy - (_per_channel(dbeta) + xhat * _per_channel(dgamma)) / M)
+    return dx.astype(x.dtype, copy=False), dgamma, dbeta
+
+
+def batchnorm_inference(x, gamma, beta, mean, var, eps):
+    """Eval forward with given (running) mean and var (C,): y = gamma*(x-mean)/sqrt(var+eps) + beta.
+
+    Computed as (x-mean)*rstd rather than the folded x*scale + shift, which loses
+    precision when the mean is large next to the spread of x.
+    """
+    return _affine(_xhat(x, mean, _rstd(var, eps)), gamma, beta, x.dtype)
+
+
+def batchnorm_inference_backward(dy, x, gamma, mean, var, eps):
+    """Gradients of batchnorm_inference; return (dx, dgamma, dbeta).
+
+    mean and var are constants here, so dx = gamma*rstd*dy with no correction terms.
+    """
+    rstd = _rstd(var, eps)
+    dy, dgamma, dbeta = _param_grads(dy, _xhat(x, mean, rstd))
+    scale = rstd if gamma is None else gamma * rstd
+    return (_per_channel(scale) * dy).astype(x.dtype, copy=False), dgamma, dbeta
