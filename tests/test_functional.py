@@ -1,6 +1,7 @@
 """cubn.nn.functional and the norm modules on user-shaped tensors: values, gradients, layouts."""
 import numpy
 import pytest
+from hypothesis import assume, given, settings, strategies as st
 
 import cubn
 import cubn.nn as nn
@@ -221,3 +222,14 @@ def test_modules_accept_and_return_the_input_dtype(device):
         assert numpy.isfinite(y.numpy()).all(), type(layer).__name__
         for p in layer.parameters():
             assert p.dtype == numpy.float32
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=5), seed=st.integers(0, 2**16),
+       loc=st.sampled_from([0.0, -2.3, 1000.0]))
+def test_batch_norm_on_random_shapes_matches_ref64(shape, seed, loc):
+    shape = tuple(shape)
+    assume(numpy.prod(shape) // shape[1] > 1)
+    x, gamma, beta, _ = random_batch(shape, numpy.float64, seed=seed, loc=loc)
+    y = F.batch_norm(cubn.tensor(x), None, None, cubn.tensor(gamma), cubn.tensor(beta), training=True)
+    assert_close(y.numpy(), bn_train_ref(x, gamma, beta)[0], numpy.float64, "y", scale=100.0)

@@ -71,18 +71,22 @@ def test_track_running_stats_false_uses_batch_stats_and_has_no_buffers(device):
         numpy.testing.assert_allclose(y.mean(0), 0, atol=1e-5)
 
 
-def test_empty_batch_keeps_stats_and_gives_zero_grads(device):
-    bn = nn.BatchNorm2d(3).to(device)
-    bn(to_dev(rand((4, 3, 2, 2), loc=1.0), device))
-    before = stats_of(bn)
+@pytest.mark.parametrize("make", [lambda: nn.BatchNorm2d(3), lambda: nn.BatchRenorm2d(3), lambda: nn.GroupNorm(3, 3),
+                                  lambda: nn.InstanceNorm2d(3, affine=True, track_running_stats=True),
+                                  lambda: nn.LayerNorm((3, 2, 2)), lambda: nn.RMSNorm((2, 2))])
+def test_empty_batch_keeps_stats_and_gives_zero_grads(device, make):
+    layer = make().to(device)
+    layer(to_dev(rand((4, 3, 2, 2), loc=1.0), device))
+    before = stats_of(layer)
     x = cubn.tensor(to_dev(numpy.zeros((0, 3, 2, 2), numpy.float32), device), requires_grad=True)
-    y = bn(x)
+    y = layer(x)
     assert y.shape == (0, 3, 2, 2)
     y.backward(to_dev(numpy.zeros((0, 3, 2, 2), numpy.float32), device))
     assert x.grad.shape == (0, 3, 2, 2)
-    numpy.testing.assert_array_equal(backend.to_numpy(bn.weight.grad), 0)
-    numpy.testing.assert_array_equal(backend.to_numpy(bn.bias.grad), 0)
-    after = stats_of(bn)
+    for p in layer.parameters():
+        assert p.grad.shape == p.shape
+        numpy.testing.assert_array_equal(backend.to_numpy(p.grad), 0)
+    after = stats_of(layer)
     for k in before:
         assert before[k].tobytes() == after[k].tobytes(), k
 

@@ -39,6 +39,26 @@ def _channel_view(x):
     return (x.shape[0], x.shape[1], int(numpy.prod(x.shape[2:], dtype=numpy.int64)))
 
 
+def _channel_args(input, min_ndim, vectors, eps, momentum):
+    """Check an (N, C, *spatial) input, its (C,) vectors (name -> value), eps and momentum.
+
+    Returns (x as a Tensor, its (N, C, S) view, eps, momentum).
+    """
+    x = check_input(input, min_ndim=min_ndim)
+    view = _channel_view(x)
+    for name, v in vectors.items():
+        check_vector(v, view[1], name, x)
+    return x, view, check_eps(eps), check_fraction(momentum, "momentum")
+
+
+def _with_running_stats(x, view, weight, bias, running_mean, running_var, eps, who):
+    """Normalize per channel with given statistics (BN eval, InstanceNorm without input stats)."""
+    if running_mean is None or running_var is None:
+        raise ValueError(f"{who} needs running_mean and running_var")
+    return BatchNormEval.apply(x, weight, bias, view=view, mean=array_of(running_mean),
+                               var=array_of(running_var), eps=eps)
+
+
 def _update(running, batch, momentum):
     """running <- (1 - momentum) * running + momentum * batch, in place, in the buffer's dtype."""
     r = array_of(running)
@@ -61,19 +81,11 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     ``running_var``, which are then required. One value per channel in training
     is a ValueError, as in PyTorch.
     """
-    x = check_input(input, min_ndim=2)
-    view = _channel_view(x)
-    C = view[1]
-    for name, v in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        check_vector(v, C, name, x)
-    eps = check_eps(eps)
-    momentum = check_fraction(momentum, "momentum")
+    x, view, eps, momentum = _channel_args(input, 2, dict(running_mean=running_mean, running_var=running_var,
+                                                          weight=weight, bias=bias), eps, momentum)
     if not training:
-        if running_mean is None or running_var is None:
-            raise ValueError("batch_norm with training=False needs running_mean and running_var")
-        return BatchNormEval.apply(x, weight, bias, view=view, mean=array_of(running_mean),
-                                   var=array_of(running_var), eps=eps)
+        return _with_running_stats(x, view, weight, bias, running_mean, running_var, eps,
+                                   "batch_norm with training=False")
     n = view[0] * view[2]
     _check_training_batch(x, n, "value per channel")
     y, fn = BatchNormTrain.run(x, weight, bias, view=view, eps=eps)
@@ -97,16 +109,10 @@ def batch_renorm(input, running_mean, running_std, weight=None, bias=None, train
     Eval: y = gamma * (x - running_mean) / running_std + beta. rmax=1, dmax=0 is exactly batch_norm.
     ``running_std`` must be positive.
     """
-    x = check_input(input, min_ndim=2)
-    view = _channel_view(x)
-    C = view[1]
     if running_mean is None or running_std is None:
         raise ValueError("batch_renorm needs running_mean and running_std (r and d are computed from them)")
-    for name, v in (("running_mean", running_mean), ("running_std", running_std),
-                    ("weight", weight), ("bias", bias)):
-        check_vector(v, C, name, x)
-    eps = check_eps(eps)
-    momentum = check_fraction(momentum, "momentum")
+    x, view, eps, momentum = _channel_args(input, 2, dict(running_mean=running_mean, running_std=running_std,
+                                                          weight=weight, bias=bias), eps, momentum)
     rmax, dmax = check_renorm_limits(rmax, dmax)
     rm, rs = array_of(running_mean), array_of(running_std)
     if not training:
@@ -138,19 +144,12 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     PyTorch. ``use_input_stats=False`` normalizes with the running statistics.
     One spatial element with use_input_stats is a ValueError.
     """
-    x = check_input(input, min_ndim=3)
-    view = _channel_view(x)
+    x, view, eps, momentum = _channel_args(input, 3, dict(running_mean=running_mean, running_var=running_var,
+                                                          weight=weight, bias=bias), eps, momentum)
     N, C, S = view
-    for name, v in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        check_vector(v, C, name, x)
-    eps = check_eps(eps)
-    momentum = check_fraction(momentum, "momentum")
     if not use_input_stats:
-        if running_mean is None or running_var is None:
-            raise ValueError("instance_norm with use_input_stats=False needs running_mean and running_var")
-        return BatchNormEval.apply(x, weight, bias, view=view, mean=array_of(running_mean),
-                                   var=array_of(running_var), eps=eps)
+        return _with_running_stats(x, view, weight, bias, running_mean, running_var, eps,
+                                   "instance_norm with use_input_stats=False")
     _check_training_batch(x, S, "spatial element")
     y, fn = RowNorm.run(x, weight, bias, view=view, groups=C, eps=eps)
     if fn.mean is not None:

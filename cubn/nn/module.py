@@ -183,12 +183,9 @@ class Module:
                 for t in table.values():
                     if t is None:
                         continue
-                    data = backend.to_device(t.data, device)
-                    if dtype is not None and data.dtype.kind == "f":
-                        data = data.astype(dtype)
-                    t.data = data
+                    t.data = _moved(t.data, device, dtype)
                     if t.grad is not None:
-                        t.grad = None
+                        t.grad = _moved(t.grad, device, dtype)
         return self
 
     def cpu(self):
@@ -213,6 +210,12 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _moved(array, device, dtype):
+    """``array`` on ``device``, cast to ``dtype`` if it is floating point (integer buffers keep theirs)."""
+    array = backend.to_device(array, device)
+    return array.astype(dtype) if dtype is not None and array.dtype.kind == "f" else array
 
 
 class Sequential(Module):
