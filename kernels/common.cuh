@@ -1,0 +1,90 @@
+/*
+ * common.cuh -- helpers shared by every kernel file: element types, warp and block sums.
+ *
+ * The loader (cubn/cuda/loader.py) compiles each .cu once per element type with
+ *   #define T    float | double | half_t     storage type of x, y, dx, dy
+ *   #define ACC  float | double              accumulation and statistics type
+ * Kernels read with load(p[i]) -> ACC and write with store(&p[i], value).
+ *
+ * No CUDA headers are included, so NVRTC compiles these files on its own (the
+ * CPU-only CI check does exactly that).
+ */
+#pragma once
+
+// ---------------------------------------------------------------------------
+// float16 without cuda_fp16.h: the 16 raw bits, converted by one PTX
+// instruction each way (round-to-nearest-even on the way down, as numpy does).
+// ---------------------------------------------------------------------------
+struct half_t { unsigned short bits; };
+
+__device__ __forceinline__ float load(half_t h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits));
+    return f;
+}
+__device__ __forceinline__ float load(float v) { return v; }
+__device__ __forceinline__ double load(double v) { return v; }
+
+__device__ __forceinline__ void store(half_t* p, float v) {
+    unsigned short bits;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(v));
+    p->bits = bits;
+}
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(double* p, double v) { *p = v; }
+
+// 1/sqrt in the accumulation type (rsqrt is one instruction in float, exact-rounded path in double)
+__device__ __forceinline__ float rsqrt_acc(float v) { return rsqrtf(v); }
+__device__ __forceinline__ double rsqrt_acc(double v) { return rsqrt(v); }
+
+// ---------------------------------------------------------------------------
+// warp_sum: the sum of v over the 32 lanes of a warp, returned to every lane.
+// Contract: all 32 lanes of the warp call it (full mask). Butterfly order is
+// fixed, so the result is the same on every run.
+// ---------------------------------------------------------------------------
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// ---------------------------------------------------------------------------
+// block_sum: the sum of v over all threads of the block, returned to every thread.
+// Contract: blockDim.x is a multiple of 32 and at most 1024; every thread calls
+// it; `scratch` points to at least 32 elements of shared memory that the caller
+// does not touch between the call and its return. Fixed order: deterministic.
+// ---------------------------------------------------------------------------
+template <typename A>
+__device__ __forceinline__ A block_sum(A v, A* scratch) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();                 // scratch may still be read by a previous block_sum
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();                 // every warp's partial is in scratch
+    v = (lane < warps) ? scratch[lane] : A(0);
+    return warp_sum(v);              // every warp reduces the partials itself: no third barrier
+}
+
+// ---------------------------------------------------------------------------
+// Welford/Chan merge of two partial statistics (count n, mean, M2 = sum of squared
+// deviations). Used where partial results from different blocks are combined:
+// merging means and M2 directly avoids E[x^2] - E[x]^2 cancellation.
+// ---------------------------------------------------------------------------
+template <typename A>
+struct Moments { A n, mean, m2; };
+
+template <typename A>
+__device__ __forceinline__ Moments<A> merge(Moments<A> a, Moments<A> b) {
+    const A n = a.n + b.n;
+    if (n == A(0)) return a;
+    const A delta = b.mean - a.mean;
+    const A wb = b.n / n;
+    Moments<A> out;
+    out.n = n;
+    out.mean = a.mean + delta * wb;
+    out.m2 = a.m2 + b.m2 + delta * delta * a.n * wb;
+    return out;
+}
