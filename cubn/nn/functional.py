@@ -19,6 +19,9 @@ from ..ops import math as _math
 from ..ops.norm import BatchNormEval, BatchNormTrain, BatchRenormTrain, RMSNorm, RowNorm
 from .checks import (array_of, check_count, check_eps, check_fraction, check_input, check_shaped,
                      check_vector, normalized_shape_of)
+from .conv import conv2d
+from .layers import dropout, gelu, leaky_relu, silu
+from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 relu = _math.relu
 sigmoid = _math.sigmoid
@@ -210,4 +213,5 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
 
 __all__ = ["batch_norm", "batch_renorm", "instance_norm", "group_norm", "layer_norm", "rms_norm",
            "linear", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "cross_entropy",
-           "check_renorm_limits"]
+           "check_renorm_limits", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "leaky_relu",
+           "gelu", "silu", "dropout"]

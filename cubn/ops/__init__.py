@@ -5,4 +5,4 @@ Functions, which pick their kernel module per call: ``cubn.cuda`` for CuPy
 arrays where it exists, ``cubn.ref`` otherwise. Functions here are pure: they
 never touch running statistics (those live in ``cubn.nn``).
 """
-from . import math, norm  # noqa: F401
+from . import activation, conv, math, norm  # noqa: F401
