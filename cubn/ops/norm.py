@@ -10,6 +10,7 @@ An empty input (a zero-sized batch) gives an empty output of the same shape,
 zero gradients for gamma and beta, and no statistics (``fn.mean is None``).
 """
 import importlib
+import os
 
 from .. import backend
 from ..ref.common import acc_dtype
@@ -17,8 +18,12 @@ from ..tensor import Function
 
 
 def kernel_module(family, x):
-    """``cubn.cuda.<family>`` for CuPy arrays where that twin exists, ``cubn.ref.<family>`` otherwise."""
-    if backend.is_cupy(x):
+    """``cubn.cuda.<family>`` for CuPy arrays where that twin exists, ``cubn.ref.<family>`` otherwise.
+
+    ``CUBN_KERNELS=ref`` in the environment sends CuPy arrays through the NumPy
+    twins too (a kernel-free GPU baseline, and a way to rule kernels out when debugging).
+    """
+    if backend.is_cupy(x) and os.environ.get("CUBN_KERNELS") != "ref":
         name = "cubn.cuda." + family
         try:
             return importlib.import_module(name)
