@@ -26,7 +26,7 @@
  *   rownorm_stats_split_v2  rows too long for a block: one block per chunk writes the chunk's (mean, M2) partials
  *   rownorm_normalize_split_v2  every block of a row merges the row's chunk partials in one fixed order, then normalizes its chunk
  *   rownorm_backward_v1  one block per row: row sums of g and g*xhat, then dx, two passes over global memory (readable baseline)
- *   rownorm_params_v1  one thread per channel adds dy and dy*xhat over n and s serially (readable baseline)
+ *   rownorm_params_v1  one block per channel, block_sum of dy and dy*xhat over its N*S values (readable baseline)
  *   rownorm_backward_v2  warp or block per (group, chunk, row set): dx and per-channel partials from one read of dy and x
  *   rownorm_backward_sums_v2  long rows: per-chunk sums of w*dy and w*dy*xhat (row sums, or the (n, c) partials)
  *   rownorm_backward_dx_split_v2  long rows with S > 1: row sums rebuilt from the (n, c) partials, dx for one chunk
@@ -276,26 +276,30 @@ extern "C" __global__ void rownorm_backward_v1(const T* dy, const T* x, const AC
     }
 }
 
-// v1 [E6] [E7] / [M5]: one thread per channel c walks its N*S values in order -- row n*groups + c/Cg,
-// elements (n*C + c)*S + s -- straight into dgamma[c], dbeta[c]: no workspace, no reduction tree.
-// Launch: at least C threads in all, any block size; no shared memory; nothing zeroed.
+// v1 [E6] [E7] / [M5]: one block per channel c (block-uniform grid-stride over channels); thread t takes the
+// channel's positions m = t, t + blockDim.x, ... of its N*S values -- element (n*C + c)*S + s with n = m / S,
+// s = m % S, in row n*groups + c/Cg -- and block_sum adds the thread sums as a tree (a serial float sum of
+// N*S terms loses the digits of a channel whose dgamma cancels to nearly 0).
+// Launch: blockDim.x a multiple of 32, <= 1024; any grid; no dynamic shared memory; nothing zeroed.
 extern "C" __global__ void rownorm_params_v1(const T* dy, const T* x, const ACC* mean, const ACC* rstd,
                                              ACC* dgamma, ACC* dbeta, i64 N, i64 C, i64 S, i64 Cg, i64 groups,
                                              int center) {
-    const i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x;                             // range [0, C)
-    if (c >= C) return;                                                                   // no barrier follows
-    ACC dg = 0, db = 0;
-    for (i64 n = 0; n < N; n++) {                                                         // range [0, N)
-        const i64 r = n * groups + c / Cg, e0 = (n * C + c) * S;
-        const ACC mu = center ? mean[r] : ACC(0), rs = rstd[r];
-        for (i64 s = 0; s < S; s++) {                                                     // range [0, S)
-            const ACC d = load(dy[e0 + s]);
+    __shared__ ACC scratch[32];
+    for (i64 c = blockIdx.x; c < C; c += gridDim.x) {                                    // range [0, C)
+        ACC dg = 0, db = 0;
+        for (i64 m = threadIdx.x; m < N * S; m += blockDim.x) {                           // range [0, N*S)
+            const i64 n = m / S, e = (n * C + c) * S + (m - n * S), r = n * groups + c / Cg;
+            const ACC d = load(dy[e]);
             db += d;                                                                      // [E6]
-            dg += d * (load(x[e0 + s]) - mu) * rs;                                        // [E7] / [M5]
+            dg += d * (load(x[e]) - (center ? mean[r] : ACC(0))) * rstd[r];               // [E7] / [M5]
+        }
+        dg = block_sum(dg, scratch);
+        db = block_sum(db, scratch);
+        if (threadIdx.x == 0) {
+            dgamma[c] = dg;
+            dbeta[c] = db;
         }
     }
-    dgamma[c] = dg;
-    dbeta[c] = db;
 }
 
 // v2: dx [E8] and the dgamma/dbeta partials [E6] [E7] from one DRAM read of dy and x (v1 read them four

@@ -11,7 +11,7 @@ center=False through ``_forward`` and ``_backward`` below.
 
 Versions (the kernel list is in the header of kernels/rownorm.cu):
     1  one block per row, block-stride loops over global memory; dgamma/dbeta
-       one thread per channel (the readable baseline)
+       one block per channel (the readable baseline)
     2  rows in registers: a warp per row when K <= 256, a block when K <= 8192,
        chunks of 8192 positions beyond; dx and the dgamma/dbeta partials in
        one kernel, added in a fixed order by a final kernel
@@ -39,7 +39,7 @@ CHUNK = VPT * MAX_BLOCK       # positions per block when a row is split
 WARP_TEAM_BLOCK = 256         # warp teams: 8 rows per block
 V1_BLOCK = 256
 REDUCE_BLOCK = 1024           # rownorm_params_reduce_v2: 32 rows of 32 lanes (fixed in the kernel)
-ROWS_PER_TEAM = 8             # backward_v2: >= 8 rows per team keeps the partials under 1/8 of x
+ROWS_PER_TEAM = 8             # backward_v2: >= 8 rows per team: each partial array <= 1/8 of x's values
 MAX_SIZE = 2 ** 30            # K and C: in-row int arithmetic in the kernels
 MAX_GRID = 2 ** 31 - 1
 _NULL = numpy.uint64(0)       # a null pointer argument (see the module docstring)
@@ -209,10 +209,10 @@ def _backward(dy, x, gamma, mean, rstd, rows, center, version):
         return dx, dgamma, dbeta
     i64, flag = numpy.int64, numpy.int32(center)
     if version == 1:
-        # dx: one block of V1_BLOCK threads per row; dgamma/dbeta: one thread per channel
+        # dx: one block of V1_BLOCK threads per row; dgamma/dbeta: one block per channel (both grid-stride)
         _launch("rownorm_backward_v1", x.dtype, min(R, MAX_GRID), V1_BLOCK,
                 (dy, x, gamma, mean, rstd, dx, *rows.geometry(), flag))
-        _launch("rownorm_params_v1", x.dtype, _cdiv(C, V1_BLOCK), V1_BLOCK,
+        _launch("rownorm_params_v1", x.dtype, min(C, MAX_GRID), V1_BLOCK,
                 (dy, x, mean, rstd, dgamma, dbeta, i64(N), i64(C), i64(S), i64(Cg), i64(groups), flag))
         return dx, dgamma, dbeta
     if S > 1 and K > CHUNK:
