@@ -72,7 +72,7 @@ class _NormBase(Module):
         return x
 
     def _updates_stats(self, x):
-        return self.training and self.track_running_stats and x.size > 0
+        return self.training and self.track_running_stats and x.size > 0 and F.stats_updates_enabled()
 
     def _momentum_factor(self):
         """The weight of this batch in the running update: momentum, or 1/k for the k-th batch when None."""

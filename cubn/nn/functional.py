@@ -12,6 +12,8 @@ Conventions (the same as the modules'):
 
 Inputs may be Tensors or raw NumPy/CuPy arrays; outputs are Tensors.
 """
+import contextlib
+
 import numpy
 
 from ..backend import get_array_module
@@ -62,8 +64,32 @@ def _with_running_stats(x, view, weight, bias, running_mean, running_var, eps, w
                                var=array_of(running_var), eps=eps)
 
 
+_stats_frozen_depth = 0
+
+
+@contextlib.contextmanager
+def no_stats_update():
+    """Inside this block no running statistic changes (and no layer counts a batch).
+
+    ``cubn.checkpoint`` recomputes a forward pass with it, so running statistics are updated once.
+    """
+    global _stats_frozen_depth
+    _stats_frozen_depth += 1
+    try:
+        yield
+    finally:
+        _stats_frozen_depth -= 1
+
+
+def stats_updates_enabled():
+    """False inside ``no_stats_update()``."""
+    return _stats_frozen_depth == 0
+
+
 def _update(running, batch, momentum):
     """running <- (1 - momentum) * running + momentum * batch, in place, in the buffer's dtype."""
+    if not stats_updates_enabled():
+        return
     r = array_of(running)
     r *= 1 - momentum
     r += momentum * batch.astype(r.dtype, copy=False)
@@ -213,5 +239,5 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
 
 __all__ = ["batch_norm", "batch_renorm", "instance_norm", "group_norm", "layer_norm", "rms_norm",
            "linear", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "cross_entropy",
-           "check_renorm_limits", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "leaky_relu",
+           "check_renorm_limits", "no_stats_update", "stats_updates_enabled", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "leaky_relu",
            "gelu", "silu", "dropout"]
