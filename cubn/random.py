@@ -16,3 +16,18 @@ def manual_seed(seed):
 
 def get_rng():
     return _rng
+
+
+def get_state():
+    """The global generator's state (a dict of plain ints and strings): save it to resume exactly."""
+    return _rng.bit_generator.state
+
+
+def set_state(state):
+    """Restore a state from ``get_state()``. The CuPy generator that Dropout uses on the GPU is reseeded
+    from the restored generator at its next use, so GPU dropout masks after a resume are repeatable
+    but not the ones an uninterrupted run would have drawn (the CPU path's are)."""
+    global _rng
+    rng = numpy.random.default_rng()
+    rng.bit_generator.state = state
+    _rng = rng

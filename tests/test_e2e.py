@@ -1,7 +1,7 @@
 """End to end: a small network trains on the CPU path."""
 import numpy
 
-from cubn.__main__ import train_spirals
+from cubn.train.demo import train_spirals
 
 
 def test_batchnorm_mlp_trains_at_a_learning_rate_that_breaks_the_plain_mlp():

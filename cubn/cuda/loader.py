@@ -60,9 +60,13 @@ def options():
 
 def get_function(file, name, defines=None):
     """The compiled ``extern "C" __global__`` function ``name`` of ``file`` for the current device."""
+    return module(file, defines).get_function(name)
+
+
+def module(file, defines=None):
+    """The ``cupy.RawModule`` of ``file`` with ``defines`` for the current device (compiled at first use)."""
     import cupy
-    key = tuple(sorted((defines or {}).items()))
-    return _module(file, key, cupy.cuda.Device().id).get_function(name)
+    return _module(file, tuple(sorted((defines or {}).items())), cupy.cuda.Device().id)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,252 @@
+"""The ``cubn`` command.
+
+    cubn train [--model cnn|vgg|resnet20|mlp] [--norm bn|brn|gn|ln|in|rms|none]
+               [--data digits|mnist:DIR|cifar10:DIR|synthetic] [--epochs N] [--batch-size B] [--lr LR]
+               [--optimizer sgd|adam|adamw] [--weight-decay WD] [--device auto|cpu|cuda]
+               [--out DIR] [--resume PATH] [--seed S] [--no-progress]
+    cubn info
+
+``cubn train`` with no arguments trains a small CNN with BatchNorm on the 8x8 digits shipped
+inside cubn (about 99% test accuracy in about 10 seconds on a laptop CPU). It writes to --out:
+metrics.csv and metrics.json (one row per epoch), curves.png (when matplotlib is installed:
+``pip install "cubn[plot]"``), checkpoint.npz (after every epoch; ``--resume`` continues from it)
+and model.npz (the final weights, ``cubn.load`` reads them).
+"""
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+
+import numpy
+
+from . import __version__, backend, models, optim, random, train
+from .data import (
+    Compose,
+    DataLoader,
+    RandomCrop,
+    RandomHorizontalFlip,
+    load_cifar10,
+    load_digits,
+    load_mnist,
+    synthetic_cifar,
+)
+from .serialization import save
+
+# per data set: the defaults that reach the accuracy bar quickly
+DATA_DEFAULTS = {
+    "digits": {"model": "cnn", "epochs": 10, "batch_size": 64, "lr": 0.1},
+    "mnist": {"model": "cnn", "epochs": 5, "batch_size": 128, "lr": 0.1},
+    "cifar10": {"model": "resnet20", "epochs": 30, "batch_size": 128, "lr": 0.1},
+    "synthetic": {"model": "resnet20", "epochs": 3, "batch_size": 128, "lr": 0.1},
+}
+
+
+def parse_data(spec):
+    """'digits' | 'synthetic' | 'mnist:DIR' | 'cifar10:DIR' -> (name, directory or None)."""
+    name, _, folder = spec.partition(":")
+    if name in ("digits", "synthetic") and not folder:
+        return name, None
+    if name in ("mnist", "cifar10"):
+        if not folder:
+            raise argparse.ArgumentTypeError(f"--data {name} needs a folder: --data {name}:DIR")
+        return name, folder
+    raise argparse.ArgumentTypeError(f"--data must be digits, synthetic, mnist:DIR or cifar10:DIR, got {spec!r}")
+
+
+def load_data(name, folder, synthetic_size=(5000, 1000)):
+    """((train images, labels), (test images, labels), augmentation or None), images float32 in [0, 1]."""
+    if name == "digits":
+        return load_digits("train"), load_digits("test"), None
+    if name == "mnist":
+        return load_mnist(folder, "train"), load_mnist(folder, "test"), None
+    if name == "cifar10":
+        train_set, test_set = load_cifar10(folder, "train"), load_cifar10(folder, "test")
+    else:
+        train_set, test_set = synthetic_cifar(synthetic_size[0], seed=0), synthetic_cifar(synthetic_size[1], seed=1)
+    return train_set, test_set, Compose([RandomCrop(32, padding=4), RandomHorizontalFlip()])
+
+
+def standardize(train_images, test_images):
+    """Scale both sets by the training set's per-channel mean and standard deviation."""
+    mean = train_images.mean(axis=(0, 2, 3), keepdims=True)
+    std = train_images.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+    return (train_images - mean) / std, (test_images - mean) / std
+
+
+def make_optimizer(name, model, lr, weight_decay):
+    groups = optim.weight_decay_groups(model, weight_decay)
+    if name == "sgd":
+        return optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    return (optim.Adam if name == "adam" else optim.AdamW)(groups, lr=lr)
+
+
+def write_metrics(history, out):
+    """metrics.json and metrics.csv: one row per epoch."""
+    rows = [dict(zip(history, values)) for values in zip(*history.values())]
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_curves(history, path, title):
+    """Loss and accuracy per epoch (train and test) as a PNG; returns the path, or None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, axis in (("loss", left), ("accuracy", right)):
+        for prefix, label in (("", "train"), ("val_", "test")):
+            values = [numpy.nan if v is None else v for v in history[prefix + key]]
+            axis.plot(history["epoch"], values, marker="o", label=label)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(key)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def cmd_train(args, log=print):
+    name, folder = args.data
+    defaults = DATA_DEFAULTS[name]
+    model_name = args.model or defaults["model"]
+    epochs = args.epochs or defaults["epochs"]
+    batch_size = args.batch_size or defaults["batch_size"]
+    lr = args.lr or (defaults["lr"] if args.optimizer == "sgd" else 1e-3)
+    device = ("cuda" if backend.has_gpu() else "cpu") if args.device == "auto" else backend.check_device(args.device)
+
+    (x_train, y_train), (x_test, y_test), augment = load_data(name, folder)
+    x_train, x_test = standardize(x_train, x_test)
+    random.manual_seed(args.seed)
+    model = models.create(model_name, x_train.shape[1], int(y_train.max()) + 1, x_train.shape[2:], args.norm)
+    model.to(device)
+    train_loader = DataLoader(x_train, y_train, batch_size, shuffle=True, drop_last=len(x_train) > batch_size,
+                              seed=args.seed, device=device, augment=augment)
+    test_loader = DataLoader(x_test, y_test, 512, device=device)
+    optimizer = make_optimizer(args.optimizer, model, lr, args.weight_decay)
+    scheduler = optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(train_loader))
+
+    os.makedirs(args.out, exist_ok=True)
+    n_params = sum(int(p.data.size) for p in model.parameters())
+    log(f"cubn {__version__}: {model_name} (norm={args.norm}, {n_params:,} weights) on {name} "
+        f"({len(x_train)} train / {len(x_test)} test images {tuple(x_train.shape[1:])}), device {device}, "
+        f"{epochs} epochs of batch {batch_size}, {args.optimizer} lr {lr} one-cycle")
+
+    def report(epoch, history):
+        write_metrics(history, args.out)
+        if not args.progress:
+            log(f"epoch {epoch:3d}  loss {history['loss'][-1]:.4f}  acc {history['accuracy'][-1]:.4f}  "
+                f"test loss {history['val_loss'][-1]:.4f}  test acc {history['val_accuracy'][-1]:.4f}  "
+                f"{history['images_per_s'][-1]:.0f} img/s")
+
+    history = train.fit(model, train_loader, optimizer, epochs, val_loader=test_loader, scheduler=scheduler,
+                        scheduler_interval="batch", checkpoint=os.path.join(args.out, "checkpoint.npz"),
+                        resume=args.resume, progress=args.progress, on_epoch_end=report)
+    save(model.state_dict(), os.path.join(args.out, "model.npz"))
+    png = plot_curves(history, os.path.join(args.out, "curves.png"), f"{model_name} norm={args.norm} on {name}")
+    accuracy = history["val_accuracy"][-1] if history["val_accuracy"] else float("nan")
+    log(f"test accuracy {accuracy:.4f} after {len(history['epoch'])} epochs, "
+        f"{sum(history['seconds']):.1f} s of training; wrote {args.out}/metrics.csv, metrics.json, checkpoint.npz, "
+        f"model.npz" + (", curves.png" if png else " (no curves.png: pip install matplotlib)"))
+    return history
+
+
+def cmd_info(args, log=print):
+    """Versions, the GPU, and whether the kernels compile for it (or, without one, under NVRTC)."""
+    log(f"cubn {__version__}  python {platform.python_version()}  numpy {numpy.__version__}  "
+        f"({platform.machine()}, {platform.system()})")
+    cupy = backend.cupy
+    log(f"cupy {cupy.__version__}" if cupy is not None else "cupy not installed (pip install 'cubn[cuda12]' or "
+        "'cubn[cuda13]' for the GPU path)")
+    ok = True
+    if backend.has_gpu():
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        log(f"GPU: {props['name'].decode()} (compute capability {props['major']}.{props['minor']}, "
+            f"{props['totalGlobalMem'] / 2**30:.1f} GiB), CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}")
+        from .cuda import loader, nvrtc
+        for file in nvrtc.FILES:
+            for dtype, defines in loader.DTYPE_DEFINES.items():
+                try:
+                    loader.module(file, defines).compile()
+                    log(f"  compiles on this GPU: {file} {dtype.name}")
+                except Exception as e:  # report every failure, then exit non-zero
+                    ok = False
+                    log(f"  FAILS on this GPU: {file} {dtype.name}: {e}")
+    else:
+        log("GPU: none answers; the NumPy path is used")
+        from .cuda import loader, nvrtc
+        try:
+            _, path = nvrtc.find_library()
+        except OSError as e:
+            log(f"kernel compile check skipped: {e}")
+            return 0
+        log(f"kernel compile check with {path}:")
+        for file in nvrtc.FILES:
+            for dtype, defines in loader.DTYPE_DEFINES.items():
+                try:
+                    nvrtc.compile_check(file, defines, "80")
+                    log(f"  compiles for compute_80: {file} {dtype.name}")
+                except nvrtc.CompileError as e:
+                    ok = False
+                    log(f"  FAILS: {e}")
+    return 0 if ok else 1
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="cubn", description="Train small CNNs with cubn's normalization layers.")
+    sub = parser.add_subparsers(dest="command")
+    t = sub.add_parser("train", help="train a model (defaults: a small BatchNorm CNN on the shipped digits)")
+    t.add_argument("--model", choices=models.MODELS, help="default: cnn for digits/mnist, resnet20 for cifar10/synthetic")
+    t.add_argument("--norm", choices=models.NORMS, default="bn")
+    t.add_argument("--data", type=parse_data, default=("digits", None), metavar="digits|mnist:DIR|cifar10:DIR|synthetic")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--lr", type=_positive_float, help="peak learning rate of the one-cycle schedule")
+    t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd")
+    t.add_argument("--weight-decay", type=float, default=5e-4, help="not applied to norm parameters and biases")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    t.add_argument("--out", default="runs/latest", help="folder for metrics, curves and checkpoints")
+    t.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint.npz")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="one line per epoch, no bar")
+    sub.add_parser("info", help="versions, the GPU, and whether the kernels compile there")
+    return parser
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.command in (None, "train"):
+        if args.command is None:
+            args = build_parser().parse_args(["train", *(argv or [])])
+        try:
+            cmd_train(args)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            print(f"cubn train: error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    return cmd_info(args)
