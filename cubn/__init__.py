@@ -14,6 +14,10 @@ from .tensor import Function, Tensor, is_grad_enabled, no_grad, tensor
 __version__ = "0.1.0"
 
 from . import data, ops, nn, optim  # noqa: E402  (nn needs Tensor above)
+from . import models, train  # noqa: E402
+from .serialization import load, save  # noqa: E402
+from .recompute import checkpoint  # noqa: E402
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "is_grad_enabled", "has_gpu", "backend",
-           "manual_seed", "data", "ops", "nn", "optim", "__version__"]
+           "manual_seed", "data", "ops", "nn", "optim", "models", "train", "save", "load", "__version__"]
+__all__ += ["checkpoint"]

@@ -17,12 +17,13 @@ def test_registration_and_traversal():
     model = make_model()
     names = [n for n, _ in model.named_parameters()]
     assert names == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight"]
-    assert [n for n, _ in model.named_buffers()] == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert [n for n, _ in model.named_buffers()] == ["1.running_mean", "1.running_var", "1.num_batches_tracked",
+                                                     "1.num_batches_skipped"]
     assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in model.parameters())
     assert len(model) == 4 and isinstance(model[1], nn.BatchNorm1d)
     assert [type(m).__name__ for m in model.children()] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
-    assert list(model.state_dict()) == names[:4] + ["1.running_mean", "1.running_var",
-                                                    "1.num_batches_tracked", "3.weight"]
+    assert list(model.state_dict()) == names[:4] + ["1.running_mean", "1.running_var", "1.num_batches_tracked",
+                                                    "1.num_batches_skipped", "3.weight"]
 
 
 def test_sequential_accepts_a_list_like_keras():

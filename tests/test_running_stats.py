@@ -126,7 +126,7 @@ def test_reset_running_stats_and_state_dict_round_trip(device):
     for seed in range(2):
         bn(to_dev(rand((4, 3, 2, 2), seed, loc=5.0), device))
     state = bn.state_dict()
-    assert list(state) == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert list(state) == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked", "num_batches_skipped"]
     fresh = nn.BatchNorm2d(3).to(device)
     fresh.load_state_dict(state)
     for k, v in fresh.state_dict().items():

@@ -84,3 +84,43 @@ def normalized_shape_of(normalized_shape, name="normalized_shape"):
     if not shape or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in shape):
         raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {normalized_shape!r}")
     return tuple(int(d) for d in shape)
+
+
+class _Unset:
+    """The default of ``momentum`` where ``decay`` is the alternative: "not given", so both can be told apart."""
+
+    def __repr__(self):
+        return "<unset>"
+
+
+UNSET = _Unset()
+
+
+def check_momentum(momentum, decay, default, allow_none=False):
+    """Resolve the two spellings of the running-average weight; returns (momentum, decay).
+
+    ``momentum`` has PyTorch's meaning, the weight of the new batch:
+    ``new = (1 - momentum) * old + momentum * batch``. ``decay`` has the
+    Keras/Chainer/Flax meaning, the weight of the old value:
+    ``new = decay * old + (1 - decay) * batch``. At most one may be given
+    (``momentum=UNSET`` means not given, then ``default`` applies); the
+    returned momentum is always in PyTorch's meaning (``1 - decay``), and the
+    returned decay is None unless ``decay`` was given.
+    """
+    if decay is None:
+        momentum = default if momentum is UNSET else momentum
+        return check_fraction(momentum, "momentum", allow_none=allow_none), None
+    if momentum is not UNSET:
+        raise ValueError(f"give either momentum= (PyTorch's meaning, the weight of the new batch) or decay= "
+                         f"(Keras/Chainer/Flax meaning, the weight of the old value), not both: got "
+                         f"momentum={momentum!r} and decay={decay!r}")
+    decay = check_fraction(decay, "decay")
+    return 1.0 - decay, decay
+
+
+def check_choice(value, name, choices):
+    """``value`` must be one of the strings in ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+    return value

@@ -58,10 +58,16 @@ class Module:
                 return d[name]
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
-    def register_buffer(self, name, value):
-        """Keep ``value`` (a Tensor or None) as state: in the state dict, moved by ``to``, never trained."""
+    def register_buffer(self, name, value, optional=False):
+        """Keep ``value`` (a Tensor or None) as state: in the state dict, moved by ``to``, never trained.
+
+        ``optional``: a state dict without this buffer still loads strictly (the buffer keeps its
+        value). For counters cubn adds to PyTorch's layers, so PyTorch-shaped state dicts load.
+        """
         names = self.__dict__.setdefault("_buffer_names", set())
         names.add(name)
+        if optional:
+            self.__dict__.setdefault("_optional_buffers", set()).add(name)
         self.__dict__.pop(name, None)
         self._buffers[name] = None if value is None else (value if isinstance(value, Tensor) else Tensor(value))
 
@@ -143,18 +149,20 @@ class Module:
     def load_state_dict(self, state_dict, strict=True):
         """Copy values into this module's parameters and buffers, in place.
 
-        With ``strict`` (the default) missing and unexpected keys are errors;
+        With ``strict`` (the default) missing and unexpected keys are errors (a buffer
+        registered as optional may be missing);
         a shape mismatch always is. Values may be NumPy or CuPy arrays (or
         Tensors) and are moved to each tensor's device and cast to its dtype.
         Returns ``(missing_keys, unexpected_keys)``.
         """
-        own = {}
+        own, optional = {}, set()
         for path, module in self.named_modules():
             for table in (module._parameters, module._buffers):
                 for name, value in table.items():
                     if value is not None:
                         own[f"{path}.{name}" if path else name] = value
-        missing = [k for k in own if k not in state_dict]
+            optional.update(f"{path}.{name}" if path else name for name in module.__dict__.get("_optional_buffers", ()))
+        missing = [k for k in own if k not in state_dict and k not in optional]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
             raise ValueError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
