@@ -1,4 +1,4 @@
-"""``python -m cubn.bench norms``: time the normalization kernels against PyTorch and write the reports.
+"""``python -m cubn.bench norms|train``: time the normalization kernels, or whole training steps, against PyTorch.
 
     python -m cubn.bench norms                          every case, float32, default kernel versions
     python -m cubn.bench norms --ops bn --versions      BatchNorm only, every kernel version
@@ -7,12 +7,18 @@
 Reports go to --out (default bench/results): norms-<gpu slug>[-float16][-quick].{json,md,png}.
 Exit status: 0 when every cubn case ran and matched its NumPy twin, 1 when one failed
 (its row says why; the reports are still written), 2 without a GPU or on bad arguments.
+
+    python -m cubn.bench train                          ResNet-20 training steps/s and memory, cubn vs PyTorch
+    python -m cubn.bench train --device cpu --quick     the same on the CPU (NumPy path), a few steps
+
+``train`` also runs on the CPU (its options and reports: cubn/bench/train.py); exit status 0, or 2 on
+bad arguments or when ``--device cuda`` finds no GPU.
 """
 import argparse
 import sys
 
 from .. import backend
-from . import norms
+from . import norms, train
 
 QUICK = dict(warmup=3, reps=10, copy_reps=5, copy_bytes=256 << 20)
 FULL = dict(warmup=10, reps=100, copy_reps=20, copy_bytes=1 << 30)
@@ -31,7 +37,10 @@ def parse(argv):
     n.add_argument("--reps", type=int, help="timed reps per case (default 100, 10 with --quick)")
     n.add_argument("--warmup", type=int, help="warm-up calls per case (default 10, 3 with --quick)")
     n.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
+    train.add_arguments(sub.add_parser("train", help="ResNet-20 training steps, cubn vs PyTorch (cubn/bench/train.py)"))
     args = p.parse_args(argv)
+    if args.benchmark == "train":
+        return args
     for name in ("reps", "warmup"):
         if getattr(args, name) is not None and getattr(args, name) < (1 if name == "reps" else 0):
             p.error(f"--{name} must be {'>= 1' if name == 'reps' else '>= 0'}, got {getattr(args, name)}")
@@ -41,6 +50,8 @@ def parse(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
+    if args.benchmark == "train":
+        return train.main(args, argv)
     if not backend.has_gpu():
         print("cubn.bench: no CUDA device answers through CuPy, and this benchmark times GPU kernels.\n"
               "Run it on a machine with an NVIDIA GPU after `pip install \".[cuda12]\"` (or \".[cuda13]\").",
