@@ -72,7 +72,17 @@ PHASES = ("forward", "backward", "optimizer")
 # ---------------------------------------------------------------------------
 # The two frameworks behind one interface
 # ---------------------------------------------------------------------------
-class CubnRunner:
+class Runner:
+    """What both frameworks' runners share: the optimizer step and reading the loss back."""
+
+    def step(self):
+        self.optimizer.step()
+
+    def value(self, loss):
+        return float(loss.item())
+
+
+class CubnRunner(Runner):
     """cubn's ResNet-20 + SGD on ``device``; ``loss(i)``, ``backward(loss)``, ``step()`` are the three phases."""
 
     name = "cubn"
@@ -99,12 +109,6 @@ class CubnRunner:
     def backward(self, loss):
         self.optimizer.zero_grad()
         loss.backward()
-
-    def step(self):
-        self.optimizer.step()
-
-    def value(self, loss):
-        return float(loss.item())
 
     def sync(self):
         if self.cupy is not None:
@@ -158,7 +162,7 @@ def torch_resnet20(torch):
     return nn.Sequential(*layers)
 
 
-class TorchRunner:
+class TorchRunner(Runner):
     """The same model, loss and optimizer in PyTorch eager mode."""
 
     name = "torch"
@@ -183,12 +187,6 @@ class TorchRunner:
     def backward(self, loss):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-
-    def step(self):
-        self.optimizer.step()
-
-    def value(self, loss):
-        return float(loss.item())
 
     def sync(self):
         if self.cuda:

@@ -144,14 +144,13 @@ class _NormBase(Module):
         momentum = self._momentum_factor() if update else 0.0
         y, outcome = self._normalize(x, batch_stats, update, momentum, mask)
         # Counted only after the functional call returned: a rejected batch is not counted.
-        if outcome == F.UPDATED:
-            self.num_batches_tracked.data[...] += 1
-        elif outcome == F.SKIPPED:
-            self.num_batches_skipped.data[...] += 1
+        if outcome is not None:  # a 0-d bool on the device: count without reading it back
+            self.num_batches_tracked.data[...] += outcome
+            self.num_batches_skipped.data[...] += ~outcome
         return y
 
     def _normalize(self, x, batch_stats, update, momentum, mask):
-        """The functional call; returns (y, F.UPDATED | F.SKIPPED | None).
+        """The functional call; returns (y, None or the 0-d bool "folded in", see cubn.nn.functional).
 
         ``batch_stats``: normalize with the batch statistics (else the running ones);
         ``update``: fold them into the running buffers.

@@ -50,10 +50,11 @@ NONFINITE_POLICIES = ("skip", "raise", "propagate")
 DEGENERATE_POLICIES = ("raise", "use_running", "skip_update")
 VAR_ESTIMATORS = ("unbiased", "biased")
 
-# What a training call did to the running statistics (the modules count batches with it).
-UPDATED = "updated"   # the batch statistics were folded in
-SKIPPED = "skipped"   # they were not finite and nonfinite="skip" left the buffers alone
-# None: nothing to fold in (eval, empty or fully masked batch, updates off, skip_update)
+# A training call returns what it did to the running statistics, and the modules count batches
+# with it: None (nothing to fold in: eval, empty or fully masked batch, updates off, skip_update),
+# or a 0-d bool array on the buffers' device, True when the batch was folded in and False when
+# nonfinite="skip" kept it out. An array, not a Python bool, so that on the GPU the decision and
+# the counting stay on the device: reading a flag back would wait for every queued kernel.
 
 
 def linear(input, weight, bias=None):
@@ -119,9 +120,9 @@ def stats_updates_enabled():
 
 # ---- folding batch statistics into running buffers ---------------------------------------
 def _all_finite(arrays):
-    """True when no value of ``arrays`` is NaN or Inf: one reduction, so one device sync on CuPy."""
+    """A 0-d bool array: no value of ``arrays`` is NaN or Inf (one reduction, left on the device)."""
     xp = get_array_module(arrays[0])
-    return bool(xp.isfinite(xp.concatenate([a.reshape(-1) for a in arrays])).all())
+    return xp.isfinite(xp.concatenate([a.reshape(-1) for a in arrays])).all()
 
 
 def _nonfinite_message(arrays, who):
@@ -135,23 +136,28 @@ def _nonfinite_message(arrays, who):
 def _fold_running(pairs, momentum, nonfinite, who):
     """running <- (1 - momentum) * running + momentum * batch for each (running buffer, batch statistic).
 
-    Buffers that are None are left out. Returns UPDATED, SKIPPED or None (nothing to update).
-    With nonfinite "skip" or "raise" every statistic is checked first, so a NaN or Inf in any
-    channel leaves ALL buffers as they were: a half-applied batch would leave channels that
-    have seen different numbers of batches (and break momentum=None's 1/k weights).
+    Buffers that are None are left out. Returns None (nothing to update) or the 0-d bool
+    array "folded in" (see the comment above ``linear``). With nonfinite "skip" or "raise"
+    every statistic is checked first, so a NaN or Inf in any channel leaves ALL buffers as
+    they were: a half-applied batch would leave channels that have seen different numbers of
+    batches (and break momentum=None's 1/k weights). "skip" selects old or new values with
+    ``where`` on the device instead of branching on the host; "raise" must read the flag back.
     """
     pairs = [(array_of(r), b) for r, b in pairs if r is not None]
     if not pairs or not stats_updates_enabled():
         return None
+    xp = get_array_module(pairs[0][0])
     batch = [b.astype(r.dtype, copy=False) for r, b in pairs]  # what would enter each buffer
-    if nonfinite != "propagate" and not _all_finite(batch):
-        if nonfinite == "raise":
+    if nonfinite == "propagate":
+        ok = xp.ones((), dtype=bool)
+    else:
+        ok = _all_finite(batch)
+        if nonfinite == "raise" and not bool(ok):
             raise FloatingPointError(_nonfinite_message(batch, who))
-        return SKIPPED
     for (r, _), b in zip(pairs, batch, strict=True):
-        r *= 1 - momentum
-        r += momentum * b
-    return UPDATED
+        new = r * (1 - momentum) + momentum * b
+        r[...] = new if nonfinite != "skip" else xp.where(ok, new, r)
+    return ok
 
 
 def _degenerate_action(count, policy, x, what, who, masked=False):
@@ -200,7 +206,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 def _batch_norm(input, running_mean, running_var, weight, bias, *, training, update, momentum, eps,
                 estimator, nonfinite, degenerate, mask, who):
-    """batch_norm for the modules: returns (y, UPDATED | SKIPPED | None); ``update=False`` folds nothing in."""
+    """batch_norm for the modules: returns (y, "folded in" flag or None); ``update=False`` folds nothing in."""
     x, view, eps = _channel_args(input, 2, dict(running_mean=running_mean, running_var=running_var,
                                                 weight=weight, bias=bias), eps)
     momentum = check_fraction(momentum, "momentum")
