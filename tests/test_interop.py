@@ -157,6 +157,16 @@ def test_pytorch_parity_eval_and_training():
     assert int(layer.num_batches_tracked.numpy()) == int(tbn.num_batches_tracked)
 
 
+def assert_follows_simulation(layer, x, params, eps, xs, outs, mean):
+    """Eval output on ``x`` from the imported statistics, then training outputs and running mean as simulated."""
+    gamma, beta, mean0, var0 = params
+    numpy.testing.assert_allclose(layer.eval()(cubn.tensor(x)).numpy(), normalize(x, mean0, var0, gamma, beta, eps),
+                                  rtol=1e-12, atol=1e-12)
+    for got, want in zip(train_steps(layer, xs), outs):
+        numpy.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    numpy.testing.assert_allclose(layer.running_mean.numpy(), mean, rtol=1e-12)
+
+
 # ---- Keras 3 ------------------------------------------------------------------------------
 def keras_weights(C, seed=0):
     return [rand(C, seed, 1.0, 0.3), rand(C, seed + 1), rand(C, seed + 2), f32(rand(C, seed + 3) ** 2 + 0.5)]
@@ -176,16 +186,11 @@ def keras_layer_and_simulation(dims=2, config=None):
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_keras_eval_output_and_training_means(dims):
-    layer, (gamma, beta, mean0, var0), xs, outs, mean, _ = keras_layer_and_simulation(dims)
+    layer, params, xs, outs, mean, _ = keras_layer_and_simulation(dims)
     assert type(layer) is {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
     assert layer.eps == 1e-3
     numpy.testing.assert_allclose(layer.momentum, 0.1, rtol=1e-12)
-    x = xs[0] - 0.7
-    numpy.testing.assert_allclose(layer.eval()(cubn.tensor(x)).numpy(), normalize(x, mean0, var0, gamma, beta, 1e-3),
-                                  rtol=1e-12, atol=1e-12)
-    for got, want in zip(train_steps(layer, xs), outs):
-        numpy.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
-    numpy.testing.assert_allclose(layer.running_mean.numpy(), mean, rtol=1e-12)
+    assert_follows_simulation(layer, xs[0] - 0.7, params, 1e-3, xs, outs, mean)
 
 
 @needs_estimator
@@ -256,14 +261,9 @@ def flax_layer_and_simulation(momentum=0.8, epsilon=1e-5):
 
 
 def test_flax_eval_output_and_training_means():
-    layer, (scale, bias, mean0, var0), xs, outs, mean, _ = flax_layer_and_simulation()
+    layer, params, xs, outs, mean, _ = flax_layer_and_simulation()
     assert layer.eps == 1e-5
-    x = xs[1] * 0.5
-    numpy.testing.assert_allclose(layer.eval()(cubn.tensor(x)).numpy(), normalize(x, mean0, var0, scale, bias, 1e-5),
-                                  rtol=1e-12, atol=1e-12)
-    for got, want in zip(train_steps(layer, xs), outs):
-        numpy.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
-    numpy.testing.assert_allclose(layer.running_mean.numpy(), mean, rtol=1e-12)
+    assert_follows_simulation(layer, xs[1] * 0.5, params, 1e-5, xs, outs, mean)
 
 
 @needs_estimator
