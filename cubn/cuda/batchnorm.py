@@ -8,9 +8,9 @@ float64 input, float32 otherwise; (C,) float arrays of another dtype are convert
 x's dtype. Training needs at least one value per channel (ValueError otherwise; the ops layer
 handles empty batches); inference of an empty x returns an empty y and zero gradients.
 
-gamma=None and beta=None reach the kernels as null pointers, read there as 1 and 0. A null pointer is
-passed by value as ``numpy.uint64(0)``: CuPy turns a Python ``None`` argument into a NULL *address of
-the argument*, which the driver would dereference.
+gamma=None and beta=None reach the kernels as null pointers, read there as 1 and 0; a null pointer is
+an empty array (``loader.null``). Under ``CUBN_KERNELS=emulate`` the arrays are NumPy arrays and the
+same code runs the kernels on the CPU emulator (``cubn.emulate``).
 
 Versions (each picks the kernels of every phase the function runs):
     1  readable baselines: one block per channel for reductions, one thread per element otherwise
@@ -36,9 +36,10 @@ _FILE = "batchnorm.cu"
 _BLOCK = 256              # threads of the v2 reduction kernels: must equal BLOCK in kernels/batchnorm.cu
 _TARGET_BLOCKS = 1024     # v2 reductions: blocks enough to fill an H100 (132 SMs x 8 blocks) about once
 _MIN_STEPS = 16           # ... but at least 16 values per lane per chunk, so that partials stay few
-_MAX_GRID_X = 2**31 - 1
-_MAX_GRID_Y = 65535
-_NULL = numpy.uint64(0)
+# CUDA's grid limits, where the launchers split or grid-stride; module attributes, read at each call,
+# so that a test can lower them and cross the splitting logic with a small case
+MAX_GRID_X = 2**31 - 1
+MAX_GRID_Y = 65535
 
 
 def _ceil(a, b):
@@ -54,9 +55,9 @@ def _i64(*values):
     return tuple(numpy.int64(v) for v in values)
 
 
-def _ptr(a):
-    """An array, or a null pointer for None (see the module docstring)."""
-    return _NULL if a is None else a
+def _ptr(a, like):
+    """An array, or for None a null pointer of ``like``'s dtype (see the module docstring)."""
+    return loader.null(like.dtype) if a is None else a
 
 
 def _kernel(file, name, defines):
@@ -76,8 +77,8 @@ def _pick_version(versions, defaults, name, version):
 
 def _check_input(x):
     """x as a C-contiguous (N, C, S) CuPy array, its kernel defines and its accumulation dtype."""
-    if not backend.is_cupy(x):
-        raise TypeError(f"x must be a cupy.ndarray, got {type(x).__name__}")
+    if not loader.is_device_array(x):
+        raise TypeError(f"x must be a {loader.device_array_name()}, got {type(x).__name__}")
     try:
         defines = loader.dtype_defines(x.dtype)
     except TypeError as e:
@@ -96,8 +97,8 @@ def _check_training_size(x):
 
 def _check_like(a, x, name):
     """``a`` (dy) as a C-contiguous CuPy array of x's shape and dtype."""
-    if not backend.is_cupy(a):
-        raise TypeError(f"{name} must be a cupy.ndarray, got {type(a).__name__}")
+    if not loader.is_device_array(a):
+        raise TypeError(f"{name} must be a {loader.device_array_name()}, got {type(a).__name__}")
     if a.dtype != x.dtype:
         raise TypeError(f"{name} must have x's dtype {x.dtype}, got {a.dtype}")
     if a.shape != x.shape:
@@ -109,8 +110,9 @@ def _check_vector(a, name, C, acc, optional=False):
     """A per-channel (C,) float CuPy array as a contiguous array of dtype ``acc``; None if optional."""
     if a is None and optional:
         return None
-    if not backend.is_cupy(a):
-        raise TypeError(f"{name} must be a cupy.ndarray{' or None' if optional else ''}, got {type(a).__name__}")
+    if not loader.is_device_array(a):
+        raise TypeError(f"{name} must be a {loader.device_array_name()}{' or None' if optional else ''}, "
+                        f"got {type(a).__name__}")
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a float array, got {a.dtype}")
     if a.shape != (C,):
@@ -151,7 +153,7 @@ def _reduce(kernels, defines, inputs, outputs, fields, version, v1_extra=(), fin
     L = min(32, _pow2(S))
     step = _BLOCK // 32 * L
     tiles = _ceil(C, 32 // L)
-    Q = max(_ceil(M, max(1, _TARGET_BLOCKS // tiles)), _MIN_STEPS * step, _ceil(M, _MAX_GRID_Y))
+    Q = max(_ceil(M, max(1, _TARGET_BLOCKS // tiles)), _MIN_STEPS * step, _ceil(M, MAX_GRID_Y))
     Q = _ceil(Q, step) * step
     K = _ceil(M, Q)
     partial = backend.get_array_module(outputs[0]).empty((K * C, fields), outputs[0].dtype)
@@ -171,12 +173,12 @@ def _elementwise(kernels, defines, shape, args, version):
     fn = _kernel(_FILE, kernels[version - 1], defines)
     if version == 1:
         total = N * C * S
-        fn((min(_ceil(total, 256), _MAX_GRID_X),), (256,), (*args, *_i64(C, S, total)))
+        fn((min(_ceil(total, 256), MAX_GRID_X),), (256,), (*args, *_i64(C, S, total)))
         return
     tx = min(256, _pow2(S))
     ty = 256 // tx
-    iters = max(min(4, _ceil(S, tx)), _ceil(S, tx * _MAX_GRID_Y))
-    fn((min(_ceil(N * C, ty), _MAX_GRID_X), _ceil(S, tx * iters)), (tx, ty), (*args, *_i64(C, S, N * C, iters)))
+    iters = max(min(4, _ceil(S, tx)), _ceil(S, tx * MAX_GRID_Y))
+    fn((min(_ceil(N * C, ty), MAX_GRID_X), _ceil(S, tx * iters)), (tx, ty), (*args, *_i64(C, S, N * C, iters)))
 
 
 def _batch_stats(x, defines, eps, version):
@@ -201,7 +203,7 @@ def _normalize(x, defines, mean, rstd, gamma, beta, version):
     """y = (x - mean)*rstd*gamma + beta [E4]-[E5]; gamma, beta may be None."""
     y = backend.get_array_module(x).empty_like(x)
     _elementwise(("batchnorm_normalize_v1", "batchnorm_normalize_v2"), defines, x.shape,
-                 (x, mean, rstd, _ptr(gamma), _ptr(beta), y), version)
+                 (x, mean, rstd, _ptr(gamma, mean), _ptr(beta, mean), y), version)
     return y
 
 
@@ -209,7 +211,7 @@ def _dx(dy, x, defines, mean, rstd, gamma, dgamma, dbeta, version):
     """dx [E8]; dgamma = dbeta = None gives the inference gradient gamma*rstd*dy."""
     dx = backend.get_array_module(x).empty_like(x)
     M = x.shape[0] * x.shape[2]
-    args = (dy, x, mean, rstd, _ptr(gamma), _ptr(dgamma), _ptr(dbeta), dx, numpy.int64(M))
+    args = (dy, x, mean, rstd, _ptr(gamma, rstd), _ptr(dgamma, rstd), _ptr(dbeta, rstd), dx, numpy.int64(M))
     _elementwise(("batchnorm_dx_v1", "batchnorm_dx_v2"), defines, x.shape, args, version)
     return dx
 

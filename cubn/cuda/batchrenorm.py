@@ -53,7 +53,7 @@ def batchrenorm_forward(x, gamma, beta, running_mean, running_std, rmax, dmax, e
     xp = backend.get_array_module(x)
     r, d, gamma_r, beta_d = (xp.empty(C, acc) for _ in range(4))
     _per_channel("batchrenorm_forward_params", defines, C,
-                 (mean, var, running_mean, running_std, _bn._ptr(gamma), _bn._ptr(beta), r, d, gamma_r, beta_d,
+                 (mean, var, running_mean, running_std, _bn._ptr(gamma, mean), _bn._ptr(beta, mean), r, d, gamma_r, beta_d,
                   numpy.int64(C), rmax_inv, rmax_acc, dmax, eps))
     return _bn._normalize(x, defines, mean, rstd, gamma_r, beta_d, version), mean, var, rstd, r, d
 
@@ -72,5 +72,5 @@ def batchrenorm_backward(dy, x, gamma, mean, rstd, r, d, *, version=None):
     xp = backend.get_array_module(x)
     gamma_r, dgamma = xp.empty(C, acc), xp.empty(C, acc)
     _per_channel("batchrenorm_backward_params", defines, C,
-                 (_bn._ptr(gamma), r, d, dgamma_bn, dbeta, gamma_r, dgamma, numpy.int64(C)))
+                 (_bn._ptr(gamma, r), r, d, dgamma_bn, dbeta, gamma_r, dgamma, numpy.int64(C)))
     return _bn._dx(dy, x, defines, mean, rstd, gamma_r, dgamma_bn, dbeta, version), dgamma, dbeta

@@ -13,8 +13,14 @@ Element types are chosen by two defines (``dtype_defines``):
 
 Compiled modules are cached per (file, defines, device), so each combination
 compiles once per process (and CuPy keeps its own on-disk cache as well).
+
+``CUBN_KERNELS=emulate`` compiles the same sources for the CPU instead (``cubn.emulate``):
+``module`` then returns the emulator's RawModule, and the launchers' arrays are NumPy
+arrays (``array_module``). The launchers ask this module, never CuPy directly, which
+arrays they take, so the code that runs on the emulator is the code that runs on a GPU.
 """
 import functools
+import os
 import pathlib
 
 import numpy
@@ -58,18 +64,58 @@ def options():
     return ("-std=c++17", f"-I{kernel_dir()}")
 
 
+def emulating():
+    """True under ``CUBN_KERNELS=emulate``: kernels run on the CPU emulator, on NumPy arrays."""
+    return os.environ.get("CUBN_KERNELS") == "emulate"
+
+
+def array_module():
+    """The module of the arrays the launchers take and return: cupy, or numpy under the emulator."""
+    if emulating():
+        return numpy
+    import cupy
+    return cupy
+
+
+def is_device_array(a):
+    """Whether ``a`` is an array the kernels can take (a CuPy array; a NumPy array under the emulator)."""
+    return isinstance(a, array_module().ndarray)
+
+
+def device_array_name():
+    return "numpy.ndarray (CUBN_KERNELS=emulate)" if emulating() else "cupy.ndarray"
+
+
+def null(dtype):
+    """A null pointer argument: an empty array, whose data pointer CuPy (and the emulator) pass as 0.
+
+    Not None (CuPy would pass a null *address of the argument*, which the driver dereferences) and
+    not an integer 0 (a scalar, not a pointer, to the emulator's signature check).
+    """
+    return array_module().empty(0, dtype)
+
+
 def get_function(file, name, defines=None):
     """The compiled ``extern "C" __global__`` function ``name`` of ``file`` for the current device."""
     return module(file, defines).get_function(name)
 
 
 def module(file, defines=None):
-    """The ``cupy.RawModule`` of ``file`` with ``defines`` for the current device (compiled at first use)."""
+    """The RawModule of ``file`` with ``defines`` for the current device (compiled at first use)."""
+    items = tuple(sorted((defines or {}).items()))
+    if emulating():
+        return _emulated_module(file, items, str(kernel_dir()))
     import cupy
-    return _module(file, tuple(sorted((defines or {}).items())), cupy.cuda.Device().id)
+    return _module(file, items, cupy.cuda.Device().id)
 
 
 @functools.lru_cache(maxsize=None)
 def _module(file, define_items, device_id):
     import cupy
     return cupy.RawModule(code=source(file, dict(define_items)), options=options())
+
+
+@functools.lru_cache(maxsize=None)
+def _emulated_module(file, define_items, folder):
+    from cubn import emulate
+    return emulate.RawModule(code=source(file, dict(define_items)), options=options())

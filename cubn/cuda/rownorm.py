@@ -4,10 +4,10 @@ The CUDA twin of ``cubn/ref/rownorm.py``: the same functions and positional
 signatures, plus a keyword-only ``version=`` (None: ``DEFAULT_VERSIONS``).
 ``x`` is (N, C, S); row (n, g) is the contiguous block of K = (C/groups)*S values,
 the affine is per channel. gamma/beta None (meaning 1 and 0) reach the kernels
-as null pointers, passed by value as ``numpy.uint64(0)``: some CuPy versions turn
-a Python ``None`` argument into a null *address of the argument*, which the
-driver would dereference. ``cubn/cuda/rmsnorm.py`` runs the same kernels with
-center=False through ``_forward`` and ``_backward`` below.
+as null pointers (empty arrays, ``loader.null``). ``cubn/cuda/rmsnorm.py`` runs
+the same kernels with center=False through ``_forward`` and ``_backward`` below.
+Under ``CUBN_KERNELS=emulate`` the arrays are NumPy arrays and the kernels run on
+the CPU emulator (``cubn.emulate``).
 
 Versions (the kernel list is in the header of kernels/rownorm.cu):
     1  one block per row, block-stride loops over global memory; dgamma/dbeta
@@ -19,7 +19,6 @@ Versions (the kernel list is in the header of kernels/rownorm.cu):
 Sizes: K and C at most 2**30 (ValueError otherwise). An empty batch (N == 0)
 returns empty outputs and zero dgamma/dbeta without launching anything.
 """
-import functools
 import math
 from typing import NamedTuple
 
@@ -40,9 +39,12 @@ WARP_TEAM_BLOCK = 256         # warp teams: 8 rows per block
 V1_BLOCK = 256
 REDUCE_BLOCK = 1024           # rownorm_params_reduce_v2: 32 rows of 32 lanes (fixed in the kernel)
 ROWS_PER_TEAM = 8             # backward_v2: >= 8 rows per team: each partial array <= 1/8 of x's values
+# backward_v2: about this many threads' worth of teams (an H100's 132 SMs x 2048), whatever the GPU, so
+# that the row sets, and with them the order of the dgamma/dbeta sums, do not depend on the GPU model
+RESIDENT_THREADS = 132 * 2048
 MAX_SIZE = 2 ** 30            # K and C: in-row int arithmetic in the kernels
+# gridDim.x limit of the 1-D launches (grid-stride beyond it); read at each call, so a test can lower it
 MAX_GRID = 2 ** 31 - 1
-_NULL = numpy.uint64(0)       # a null pointer argument (see the module docstring)
 
 
 class _Rows(NamedTuple):
@@ -63,11 +65,6 @@ class _Rows(NamedTuple):
 # ---------------------------------------------------------------------------
 # Checks shared with rmsnorm.py
 # ---------------------------------------------------------------------------
-def _cupy():
-    import cupy
-    return cupy
-
-
 def _version(fn, version, versions, defaults):
     v = defaults[fn] if version is None else version
     if type(v) is not int or v not in versions[fn]:
@@ -76,9 +73,8 @@ def _version(fn, version, versions, defaults):
 
 
 def _device(name, a):
-    cupy = _cupy()
-    if not isinstance(a, cupy.ndarray):
-        raise TypeError(f"{name} must be a CuPy array, got {type(a).__name__}")
+    if not loader.is_device_array(a):
+        raise TypeError(f"{name} must be a {loader.device_array_name()}, got {type(a).__name__}")
     return a
 
 
@@ -93,7 +89,7 @@ def _input(name, a, ndim, like=None):
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
     if like is not None and (a.dtype, a.shape) != (like.dtype, like.shape):
         raise ValueError(f"{name} must have x's dtype and shape {like.dtype} {like.shape}, got {a.dtype} {a.shape}")
-    return _cupy().ascontiguousarray(a)
+    return loader.array_module().ascontiguousarray(a)
 
 
 def _acc_array(name, a, shape, acc):
@@ -105,7 +101,7 @@ def _acc_array(name, a, shape, acc):
         raise TypeError(f"{name} must be a floating array, got {a.dtype}")
     if a.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
-    return _cupy().ascontiguousarray(a, dtype=acc).reshape(-1)
+    return loader.array_module().ascontiguousarray(a, dtype=acc).reshape(-1)
 
 
 def _eps(eps, acc):
@@ -141,16 +137,11 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_id):
-    return _cupy().cuda.Device(device_id).attributes["MultiProcessorCount"]
-
-
 def _launch(name, dtype, grid, block, args):
     """Run kernel ``name`` of rownorm.cu compiled for ``dtype`` on a 1-D grid; None arguments become null pointers."""
     if not 1 <= grid <= MAX_GRID:
         raise ValueError(f"{name}: a grid of {grid} blocks is outside [1, {MAX_GRID}]")
-    args = tuple(_NULL if a is None else a for a in args)
+    args = tuple(loader.null(acc_dtype(dtype)) if a is None else a for a in args)
     loader.get_function(FILE, name, loader.dtype_defines(dtype))((int(grid),), (int(block),), args)
 
 
@@ -167,11 +158,11 @@ def _team(K):
 # ---------------------------------------------------------------------------
 def _forward(x, gamma, beta, rows, eps, center, version):
     """(y, mean, rstd); mean, rstd flat (R,), mean None when not center. Inputs already checked."""
-    cupy = _cupy()
+    xp = loader.array_module()
     acc = acc_dtype(x.dtype)
-    y = cupy.empty_like(x)
-    mean = cupy.empty(rows.R, acc) if center else None
-    rstd = cupy.empty(rows.R, acc)
+    y = xp.empty_like(x)
+    mean = xp.empty(rows.R, acc) if center else None
+    rstd = xp.empty(rows.R, acc)
     if rows.R == 0:
         return y, mean, rstd
     R, K = rows.R, rows.K
@@ -189,7 +180,7 @@ def _forward(x, gamma, beta, rows, eps, center, version):
     else:
         # one block of MAX_BLOCK per (row, chunk of CHUNK positions): partials, then merge + normalize
         nch = _cdiv(K, CHUNK)
-        part_mean, part_m2 = cupy.empty(R * nch, acc), cupy.empty(R * nch, acc)
+        part_mean, part_m2 = xp.empty(R * nch, acc), xp.empty(R * nch, acc)
         grid = min(R * nch, MAX_GRID)
         _launch("rownorm_stats_split_v2", x.dtype, grid, MAX_BLOCK,
                 (x, part_mean, part_m2, numpy.int64(R), numpy.int64(K), numpy.int64(nch), flag))
@@ -200,11 +191,11 @@ def _forward(x, gamma, beta, rows, eps, center, version):
 
 def _backward(dy, x, gamma, mean, rstd, rows, center, version):
     """(dx, dgamma, dbeta); mean, rstd flat (R,), mean None when not center. Inputs already checked."""
-    cupy = _cupy()
+    xp = loader.array_module()
     acc = acc_dtype(x.dtype)
     N, C, S, groups, Cg, R, K = rows
-    dx = cupy.empty_like(x)
-    dgamma, dbeta = cupy.zeros(C, acc), cupy.zeros(C, acc)
+    dx = xp.empty_like(x)
+    dgamma, dbeta = xp.zeros(C, acc), xp.zeros(C, acc)
     if R == 0:
         return dx, dgamma, dbeta
     i64, flag = numpy.int64, numpy.int32(center)
@@ -219,7 +210,7 @@ def _backward(dy, x, gamma, mean, rstd, rows, center, version):
         # long rows of several channels: P partials per (n, c) run of S values (one block per part), then
         # dx one block per (row, chunk), then dgamma/dbeta over the (N, C, P) partials
         P = _cdiv(S, CHUNK)
-        seg_a, seg_b = cupy.empty(N * C * P, acc), cupy.empty(N * C * P, acc)
+        seg_a, seg_b = xp.empty(N * C * P, acc), xp.empty(N * C * P, acc)
         _launch("rownorm_backward_sums_v2", x.dtype, min(N * C * P, MAX_GRID), MAX_BLOCK,
                 (dy, x, gamma, mean, rstd, seg_a, seg_b, i64(N * C), i64(S), i64(P), i64(K), i64(S), i64(Cg),
                  i64(groups), numpy.int32(0), flag))
@@ -235,16 +226,15 @@ def _backward(dy, x, gamma, mean, rstd, rows, center, version):
         else:
             # S == 1 rows longer than a block: a team per chunk, the row sums from a first pass
             warp, block, nch = 0, MAX_BLOCK, _cdiv(K, CHUNK)
-            row_a, row_b = cupy.empty(R * nch, acc), cupy.empty(R * nch, acc)
+            row_a, row_b = xp.empty(R * nch, acc), xp.empty(R * nch, acc)
             _launch("rownorm_backward_sums_v2", x.dtype, min(R * nch, MAX_GRID), MAX_BLOCK,
                     (dy, x, gamma, mean, rstd, row_a, row_b, i64(R), i64(K), i64(nch), i64(K), i64(S), i64(Cg),
                      i64(groups), numpy.int32(1), flag))
         # teams (group g, chunk, row set jt of rows jt, jt + nt, ...): about one GPU-full of teams, each
         # with >= ROWS_PER_TEAM rows where N allows; partials (nt, C)
         team = 32 if warp else block
-        resident = _sm_count(cupy.cuda.Device().id) * (2048 // team)
-        nt = max(1, min(_cdiv(N, ROWS_PER_TEAM), _cdiv(resident, groups * nch)))
-        part_dg, part_db = cupy.empty(nt * C, acc), cupy.empty(nt * C, acc)
+        nt = max(1, min(_cdiv(N, ROWS_PER_TEAM), _cdiv(RESIDENT_THREADS // team, groups * nch)))
+        part_dg, part_db = xp.empty(nt * C, acc), xp.empty(nt * C, acc)
         _launch("rownorm_backward_v2", x.dtype, _cdiv(groups * nch * nt, block // team), block,
                 (dy, x, gamma, mean, rstd, dx, row_a, row_b, part_dg, part_db, i64(N), i64(K), i64(S), i64(Cg),
                  i64(groups), i64(nch), i64(nt), flag, numpy.int32(warp)))

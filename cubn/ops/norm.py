@@ -20,10 +20,14 @@ from ..tensor import Function
 def kernel_module(family, x):
     """``cubn.cuda.<family>`` for CuPy arrays where that twin exists, ``cubn.ref.<family>`` otherwise.
 
-    ``CUBN_KERNELS=ref`` in the environment sends CuPy arrays through the NumPy
-    twins too (a kernel-free GPU baseline, and a way to rule kernels out when debugging).
+    ``CUBN_KERNELS`` in the environment (read at each call) changes that:
+    ``ref`` sends CuPy arrays through the NumPy twins too (a kernel-free GPU baseline,
+    and a way to rule kernels out when debugging); ``emulate`` sends NumPy arrays
+    through ``cubn.cuda``, whose kernels then run on the CPU emulator (``cubn.emulate``).
     """
-    if backend.is_cupy(x) and os.environ.get("CUBN_KERNELS") != "ref":
+    mode = os.environ.get("CUBN_KERNELS")
+    on_kernels = not backend.is_cupy(x) if mode == "emulate" else backend.is_cupy(x) and mode != "ref"
+    if on_kernels:
         name = "cubn.cuda." + family
         try:
             return importlib.import_module(name)
