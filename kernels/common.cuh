@@ -14,12 +14,22 @@
 // ---------------------------------------------------------------------------
 // float16 without cuda_fp16.h: the 16 raw bits, converted by one PTX
 // instruction each way (round-to-nearest-even on the way down, as numpy does).
+// The one host-specific spot: the CPU emulator (cubn/emulate/cuda_host.h)
+// defines CUBN_EMULATE and converts in C++ instead, bit for bit the same.
 // ---------------------------------------------------------------------------
 struct half_t { unsigned short bits; };
 
+#ifdef CUBN_EMULATE
+#define HALF_TO_FLOAT(bits, f) ((f) = cubn_emu::half_to_float(bits))
+#define FLOAT_TO_HALF(f, bits) ((bits) = cubn_emu::float_to_half(f))
+#else
+#define HALF_TO_FLOAT(bits, f) asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits))
+#define FLOAT_TO_HALF(f, bits) asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(f))
+#endif
+
 __device__ __forceinline__ float load(half_t h) {
     float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits));
+    HALF_TO_FLOAT(h.bits, f);
     return f;
 }
 __device__ __forceinline__ float load(float v) { return v; }
@@ -27,7 +37,7 @@ __device__ __forceinline__ double load(double v) { return v; }
 
 __device__ __forceinline__ void store(half_t* p, float v) {
     unsigned short bits;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(v));
+    FLOAT_TO_HALF(v, bits);
     p->bits = bits;
 }
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }

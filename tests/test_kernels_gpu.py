@@ -1,4 +1,11 @@
-"""Every version of every CUDA kernel against float64 references, on awkward shapes (GPU only).
+"""Every version of every CUDA kernel against float64 references, on awkward shapes.
+
+Each case runs on two backends: ``cuda`` (CuPy on a GPU; skipped where none answers)
+and ``emulate`` (the same launchers and kernel sources on the CPU emulator,
+``CUBN_KERNELS=emulate``: barrier, warp, bounds and shared-memory checks on, two thread
+schedules that must agree bitwise). The emulated shapes are the GPU shapes scaled down
+so that the whole emulated run stays within a few minutes on two cores, with the grid
+limits of the launchers lowered in ``test_grid_splitting`` so that small cases cross them.
 
 For each public function of ``cubn.cuda.{batchnorm,batchrenorm,rownorm,rmsnorm}``,
 each entry of its ``VERSIONS`` and float16/32/64 input:
@@ -32,7 +39,7 @@ import pytest
 
 import cubn
 import cubn.nn as nn
-from cubn import backend
+from cubn import backend, emulate
 from cubn.ops.norm import kernel_module
 from cubn.ref import batchnorm as ref_bn
 from cubn.ref import batchrenorm as ref_brn
@@ -42,8 +49,6 @@ from cubn.ref.common import acc_dtype
 from ref64_batch import bn_eval_ref, bn_train_ref, brn_train_ref, random_batch
 from ref64_rows import gn_ref, moments, rms_ref
 from tolerance import assert_close
-
-pytestmark = pytest.mark.gpu
 
 SANITIZER = os.environ.get("CUBN_SANITIZER") == "1"
 EPS = 1e-5
@@ -81,7 +86,41 @@ RMS_SHAPES = [
     (70000, 8),                 # 70,000 rows
     (2, 10007) if SANITIZER else (2, 2 ** 21),  # rows of K = 2^21 (sanitizer: two v2 chunks)
 ]
-SHAPES = {"batchnorm": BATCH_SHAPES, "batchrenorm": BATCH_SHAPES, "rownorm": ROW_SHAPES, "rmsnorm": RMS_SHAPES}
+# The emulator runs every thread of every block on the CPU: the same kinds of shape, smaller.
+EMU_BATCH_SHAPES = [
+    (4, 1, 37),                 # C = 1
+    (64, 5, 1),                 # S = 1: the (N, C) case
+    (2, 3, 5),                  # M = 10, shorter than a block
+    (3, 7, 143),                # M = 429, not a multiple of 32 or 256
+    (1, 4, 300),                # N = 1
+    (2, 3, 9001),               # M = 18002: five v2 chunks per channel
+]
+EMU_ROW_SHAPES = [
+    (3, 1, 50, 1),              # C = 1, G = 1
+    (6, 8, 1, 4),               # S = 1, K = 2
+    (5, 33, 1, 1),              # LayerNorm's (R, K, 1) view
+    (3, 6, 143, 3),             # K = 286, not a multiple of a block
+    (2, 3, 5, 3),               # InstanceNorm (G = C), K = 5
+    (2, 15, 7, 5),              # 5 groups, K = 21
+    (2, 21, 10, 7),             # 7 groups of 3 channels
+    (1, 4, 9, 4),               # N = 1, G = C
+    (3, 8200, 1, 1),            # S = 1 rows longer than a block's registers: v2 splits them (sums pass first)
+    (2, 2, 5003, 1),            # S > 1 rows of K = 10006: two v2 chunks per row
+]
+EMU_RMS_SHAPES = [
+    (5, 1),                     # K = 1
+    (3, 5),                     # K shorter than a block
+    (7, 1000),                  # K not a multiple of a block
+    (300, 8),                   # many short rows
+    (2, 10007),                 # rows of two v2 chunks
+]
+SHAPE_LISTS = {"cuda": (BATCH_SHAPES, ROW_SHAPES, RMS_SHAPES),
+               "emulate": (EMU_BATCH_SHAPES, EMU_ROW_SHAPES, EMU_RMS_SHAPES)}
+# backend -> module -> its shape list
+SHAPES = {b: {"batchnorm": lists[0], "batchrenorm": lists[0], "rownorm": lists[1], "rmsnorm": lists[2]}
+          for b, lists in SHAPE_LISTS.items()}
+BACKENDS = {"cuda": pytest.mark.gpu,
+            "emulate": pytest.mark.skipif(not emulate.available(), reason="no C++ compiler for the kernel emulator")}
 # (length of the per-statistic reduction, length of the dgamma/dbeta reduction) for a shape
 LENGTHS = {
     "batchnorm": lambda s: (s[0] * s[2], s[0] * s[2]),
@@ -94,7 +133,7 @@ LENGTHS = {
 @pytest.fixture(scope="module", autouse=True)
 def exact_allocations():
     """Under CUBN_SANITIZER=1, one cudaMalloc per array (CuPy's pool off) for the length of this file."""
-    if not SANITIZER:
+    if not SANITIZER or not backend.has_gpu():
         yield
         return
     cupy = backend.cupy
@@ -261,10 +300,31 @@ def versions(module, fn):
         return (None,)
 
 
-def launch(fn, version, args):
-    """Run cubn.cuda's ``fn`` on device copies of ``args``; (device args, results as a tuple)."""
+@pytest.fixture
+def on(monkeypatch):
+    """``on(backend)``: sets up the backend of a case (CUBN_KERNELS=emulate for the emulator)."""
+    def use(name):
+        if name == "emulate":
+            monkeypatch.setenv("CUBN_KERNELS", "emulate")
+        else:
+            monkeypatch.delenv("CUBN_KERNELS", raising=False)
+        return name
+    return use
+
+
+def on_backend(a, name):
+    """A NumPy array where the backend's kernels take it: on the GPU for cuda, as it is for the emulator."""
+    return backend.to_device(a, "cuda") if name == "cuda" and isinstance(a, np.ndarray) else a
+
+
+def is_backend_array(a, name):
+    return backend.device_of(a) == "cuda" if name == "cuda" else isinstance(a, np.ndarray)
+
+
+def launch(name, fn, version, args):
+    """Run cubn.cuda's ``fn`` on the backend's copies of ``args``; (backend args, results as a tuple)."""
     cuda = importlib.import_module("cubn.cuda." + PROBLEMS[fn][0])
-    dev = [backend.to_device(a, "cuda") if isinstance(a, np.ndarray) else a for a in args]
+    dev = [on_backend(a.copy() if isinstance(a, np.ndarray) else a, name) for a in args]
     out = getattr(cuda, fn)(*dev, version=version)
     return dev, out if isinstance(out, tuple) else (out,)
 
@@ -273,72 +333,94 @@ def shape_id(module, shape):
     return "x".join(map(str, shape[:3])) + (f"-g{shape[3]}" if module == "rownorm" else "")
 
 
-def case_id(fn, version, dtype, shape, affine=True):
+def case_id(name, fn, version, dtype, shape, affine=True):
     v = "default" if version is None else f"v{version}"
-    return f"{fn}-{v}-{np.dtype(dtype).name}-{shape_id(PROBLEMS[fn][0], shape)}" + ("" if affine else "-no_affine")
+    return (f"{name}-{fn}-{v}-{np.dtype(dtype).name}-{shape_id(PROBLEMS[fn][0], shape)}"
+            + ("" if affine else "-no_affine"))
+
+
+def skip_on_emulator(name, module, shape, version):
+    """rownorm/rmsnorm v1 on the emulated rows of over 8192 channels: v1's dgamma takes one 256-thread
+    block per channel, minutes of emulated threads. v1 runs every other shape; v2's split path needs these."""
+    return name == "emulate" and module in ("rownorm", "rmsnorm") and version == 1 and shape[1] > 8192
 
 
 # grouped by inputs (BatchNorm and Batch Renorm share theirs), versions innermost, so that
 # the cached inputs and references are reused
-SHAPE_LISTS = (BATCH_SHAPES, ROW_SHAPES, RMS_SHAPES)
 MATCH_CASES = [
-    pytest.param(fn, v, dtype, shape, affine, id=case_id(fn, v, dtype, shape, affine))
-    for shapes in SHAPE_LISTS for shape in shapes for dtype in DTYPES
+    pytest.param(name, fn, v, dtype, shape, affine, id=case_id(name, fn, v, dtype, shape, affine), marks=mark)
+    for name, mark in BACKENDS.items() for shapes in SHAPE_LISTS[name] for shape in shapes for dtype in DTYPES
     for affine in ((True, False) if shape == shapes[3] else (True,))
-    for module in MODULES if SHAPES[module] is shapes for fn in FUNCTIONS[module] for v in versions(module, fn)]
+    for module in MODULES if SHAPES[name][module] is shapes for fn in FUNCTIONS[module] for v in versions(module, fn)
+    if not skip_on_emulator(name, module, shape, v)]
 
 
-@pytest.mark.parametrize("fn, version, dtype, shape, affine", MATCH_CASES)
-def test_kernel_matches_ref64(fn, version, dtype, shape, affine):
+@pytest.mark.parametrize("name, fn, version, dtype, shape, affine", MATCH_CASES)
+def test_kernel_matches_ref64(on, name, fn, version, dtype, shape, affine):
+    on(name)
+    check_against_ref64(name, fn, version, dtype, shape, affine)
+
+
+def check_against_ref64(name, fn, version, dtype, shape, affine):
     module = PROBLEMS[fn][0]
     args, reference = problem(fn, shape, dtype, affine)
-    dev, out = launch(fn, version, args)
+    dev, out = launch(name, fn, version, args)
     expected = reference()
     assert len(out) == len(expected), f"{fn} returned {len(out)} results, expected {[e[0] for e in expected]}"
     stat_len, param_len = LENGTHS[module](shape)
-    for got, (name, want, want_dtype) in zip(out, expected):
-        assert backend.device_of(got) == "cuda", f"{name} is a {type(got).__name__}, not a CuPy array"
+    for got, (result, want, want_dtype) in zip(out, expected):
+        assert is_backend_array(got, name), f"{result} is a {type(got).__name__}, not a {name} array"
         assert (got.dtype, got.shape) == (want_dtype, want.shape), (
-            f"{name}: {got.dtype} {got.shape}, expected {np.dtype(want_dtype)} {want.shape}")
-        length = param_len if name in ("dgamma", "dbeta") else stat_len
-        assert_close(got, want, want_dtype, name, scale=max(1.0, math.sqrt(length / 1024)))
+            f"{result}: {got.dtype} {got.shape}, expected {np.dtype(want_dtype)} {want.shape}")
+        length = param_len if result in ("dgamma", "dbeta") else stat_len
+        assert_close(got, want, want_dtype, result, scale=max(1.0, math.sqrt(length / 1024)))
     for i, (a, d) in enumerate(zip(args, dev)):
         if isinstance(a, np.ndarray):
             assert np.array_equal(backend.to_numpy(d), a), f"{fn} wrote into its argument {i}"
 
 
 DETERMINISM_CASES = [
-    pytest.param(fn, v, dtype, shapes[-1], id=case_id(fn, v, dtype, shapes[-1]))
-    for shapes in SHAPE_LISTS for dtype in DTYPES
-    for module in MODULES if SHAPES[module] is shapes for fn in FUNCTIONS[module] for v in versions(module, fn)]
+    pytest.param(fn, v, dtype, shapes[-1],
+                 id=case_id("cuda", fn, v, dtype, shapes[-1]), marks=pytest.mark.gpu)
+    for shapes in SHAPE_LISTS["cuda"] for dtype in DTYPES
+    for module in MODULES if SHAPES["cuda"][module] is shapes for fn in FUNCTIONS[module] for v in versions(module, fn)]
 
 
 @pytest.mark.parametrize("fn, version, dtype, shape", DETERMINISM_CASES)
-def test_two_runs_are_bitwise_identical(fn, version, dtype, shape):
+def test_two_runs_are_bitwise_identical(on, fn, version, dtype, shape):
+    """On the GPU (the emulator compares two thread schedules bitwise in every launch already)."""
+    on("cuda")
     args, _ = problem(fn, shape, dtype, True)
-    first, second = ([backend.to_numpy(r) for r in launch(fn, version, args)[1]] for _ in range(2))
+    first, second = ([backend.to_numpy(r) for r in launch("cuda", fn, version, args)[1]] for _ in range(2))
     for i, (a, b) in enumerate(zip(first, second)):
         assert a.tobytes() == b.tobytes(), (
             f"{fn} version {version}: result {i} differs between two runs in {np.sum(a != b)} of {a.size} values")
 
 
+BACKEND_PARAMS = [pytest.param(name, marks=mark, id=name) for name, mark in BACKENDS.items()]
+
+
+@pytest.mark.parametrize("name", BACKEND_PARAMS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("fn", list(PROBLEMS))
-def test_cupy_path_matches_numpy_path(fn, dtype):
+def test_kernels_match_the_numpy_twins(on, name, fn, dtype):
+    on(name)
     module = PROBLEMS[fn][0]
-    args, _ = problem(fn, SHAPES[module][3], dtype, True)
+    args, _ = problem(fn, SHAPES[name][module][3], dtype, True)
     want = getattr(importlib.import_module("cubn.ref." + module), fn)(*args)
     want = want if isinstance(want, tuple) else (want,)
-    _, got = launch(fn, None, args)
+    _, got = launch(name, fn, None, args)
     assert len(got) == len(want), f"cubn.cuda {fn} returned {len(got)} results, cubn.ref {len(want)}"
     for i, (g, w) in enumerate(zip(got, want)):
         assert g.dtype == w.dtype, f"{fn} result {i}: {g.dtype} on CuPy, {w.dtype} on NumPy"
         assert_close(g, w, np.float32, f"{fn} result {i}")
 
 
+@pytest.mark.parametrize("name", BACKEND_PARAMS)
 @pytest.mark.parametrize("module", MODULES)
-def test_cupy_input_dispatches_to_cuda(module):
-    x = backend.to_device(np.zeros((2, 3, 4), np.float32), "cuda")
+def test_backend_input_dispatches_to_cuda(on, name, module):
+    on(name)
+    x = on_backend(np.zeros((2, 3, 4), np.float32), name)
     assert kernel_module(module, x) is importlib.import_module("cubn.cuda." + module)
 
 
@@ -349,6 +431,7 @@ def recording(fn, calls):
     return record
 
 
+@pytest.mark.parametrize("name", BACKEND_PARAMS)
 @pytest.mark.parametrize("make_layer, shape, training, module, expected_calls", [
     pytest.param(lambda: nn.BatchNorm2d(3), (4, 3, 5, 6), True, "batchnorm",
                  ["batchnorm_forward", "batchnorm_backward"], id="BatchNorm2d-train"),
@@ -365,7 +448,7 @@ def recording(fn, calls):
     pytest.param(lambda: nn.RMSNorm(6), (3, 4, 6), True, "rmsnorm",
                  ["rmsnorm_forward", "rmsnorm_backward"], id="RMSNorm"),
 ])
-def test_layer_on_cuda_runs_the_kernels(monkeypatch, make_layer, shape, training, module, expected_calls):
+def test_layer_runs_the_kernels(monkeypatch, name, make_layer, shape, training, module, expected_calls):
     cuda = importlib.import_module("cubn.cuda." + module)
     calls = []
     for fn in FUNCTIONS[module]:
@@ -374,16 +457,18 @@ def test_layer_on_cuda_runs_the_kernels(monkeypatch, make_layer, shape, training
     x = (1.5 + rng.standard_normal(shape)).astype(np.float32)
     dy = rng.standard_normal(shape).astype(np.float32)
     results = {}
-    for device in ("cpu", "cuda"):
+    for device in ("cpu", name):
+        if device == "emulate":
+            monkeypatch.setenv("CUBN_KERNELS", "emulate")
         layer = make_layer().train(training)
         params = np.random.default_rng(1)
         for p in layer.parameters():
             p.data[...] = params.uniform(0.5, 1.5, p.shape)
-        layer.to(device)
-        xt = cubn.tensor(backend.to_device(x, device), requires_grad=True)
+        layer.to("cuda" if device == "cuda" else "cpu")
+        xt = cubn.tensor(on_backend(x, device), requires_grad=True)
         y = layer(xt)
-        y.backward(backend.to_device(dy, device))
+        y.backward(on_backend(dy, device))
         results[device] = [("y", y.data), ("dx", xt.grad)] + [(n, p.grad) for n, p in layer.named_parameters()]
-    assert calls == expected_calls, f"cubn.cuda.{module} calls on device='cuda': {calls}"
-    for (name, want), (_, got) in zip(results["cpu"], results["cuda"]):
-        assert_close(got, want, np.float32, name)
+    assert calls == expected_calls, f"cubn.cuda.{module} calls on {name}: {calls}"
+    for (result, want), (_, got) in zip(results["cpu"], results[name]):
+        assert_close(got, want, np.float32, result)

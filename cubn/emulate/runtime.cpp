@@ -7,7 +7,7 @@
  *     lower guard on odd ones, so a read or write one element past either end faults; const
  *     arguments are mapped read-only. A fault is reported with the argument and the index.
  *   - blocks run one after another (forward, reverse, or a seeded random order); inside a block
- *     every thread is a fiber (ucontext) on its own stack, run in the schedule's order until it
+ *     every thread is a fiber on its own stack, run in the schedule's order until it
  *     waits at a barrier or a warp collective, or returns.
  *   - when no thread can run, the scheduler completes the warp collectives whose lanes have all
  *     arrived, else releases the barrier if every thread waits there; anything else is a deadlock
@@ -42,10 +42,60 @@ namespace {
 enum State { READY, AT_BARRIER, AT_WARP, DONE };
 enum Schedule { FORWARD = 0, REVERSE = 1 };   // other values: a random order seeded with value - 2
 
+// ----------------------------------------------------------------------------- fiber switch
+// switch_stack(&from, to): saves the callee-saved registers on the current stack, stores its stack
+// pointer in *from, and continues on stack `to` where another switch_stack left it. On x86-64 that is
+// a dozen instructions (ucontext's swapcontext makes a system call per switch, ~20x slower); other
+// architectures use ucontext.
+#if defined(__x86_64__)
+extern "C" void cubn_emu_switch_stack(void** from, void* to);
+asm(R"(
+.text
+.hidden cubn_emu_switch_stack
+.globl cubn_emu_switch_stack
+.type cubn_emu_switch_stack, @function
+cubn_emu_switch_stack:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+)");
+struct Context { void* sp; };
+void switch_to(Context& from, Context& to) { cubn_emu_switch_stack(&from.sp, to.sp); }
+// a new fiber's stack: six zero registers, then `entry` as the return address, 16-byte aligned as after a call
+void prepare(Context& c, char* stack, size_t size, void (*entry)()) {
+    void** sp = (void**)(((uintptr_t)(stack + size) & ~uintptr_t(15)) - 64);
+    for (int i = 0; i < 6; i++) sp[i] = nullptr;
+    sp[6] = (void*)entry;
+    c.sp = sp;
+}
+#else
+struct Context { ucontext_t uc; };
+void switch_to(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+void prepare(Context& c, char* stack, size_t size, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
+
 struct Thread {
     uint3 idx;
     State state;
-    ucontext_t ctx;
+    Context ctx;
     const char* file;          // where it waits
     int line;
     WarpOp op;                 // the warp collective it waits at
@@ -76,7 +126,7 @@ Thread threads[MAX_THREADS];
 char* stacks[MAX_THREADS];                 // each STACK bytes above one inaccessible page
 int nthreads;
 Thread* running;
-ucontext_t scheduler, blank;
+Context scheduler;
 sigjmp_buf abort_env;
 char message[4096];
 struct sigaction saved_segv, saved_bus, saved_alrm;
@@ -124,12 +174,13 @@ void wait_here(State s, const char* file, int line) {
     t->state = s;
     t->file = file;
     t->line = line;
-    swapcontext(&t->ctx, &scheduler);
+    switch_to(t->ctx, scheduler);
 }
 
 void thread_main() {
     kernel->invoke(values);
-    running->state = DONE;      // returning resumes uc_link, the scheduler
+    running->state = DONE;
+    switch_to(running->ctx, scheduler);   // never resumed
 }
 
 void start_threads() {
@@ -144,18 +195,14 @@ void start_threads() {
             mprotect(m, 4096, PROT_NONE);    // stack overflow faults instead of corrupting a neighbour
             stacks[i] = m + 4096;
         }
-        t.ctx = blank;
-        t.ctx.uc_stack.ss_sp = stacks[i];
-        t.ctx.uc_stack.ss_size = STACK;
-        t.ctx.uc_link = &scheduler;
-        makecontext(&t.ctx, thread_main, 0);
+        prepare(t.ctx, stacks[i], STACK, thread_main);
     }
 }
 
 void run(Thread& t) {
     running = &t;
     thread_idx = &t.idx;
-    swapcontext(&scheduler, &t.ctx);
+    switch_to(scheduler, t.ctx);
     running = nullptr;
 }
 
@@ -186,24 +233,26 @@ int source_lane(const Thread& t, int l) {
 bool try_complete(Thread& t, int i) {
     const int warp = i / 32, lane = i % 32, lanes = std::min(32, nthreads - warp * 32);
     char who[256];
-    describe_thread(t, who, sizeof who);
-    if (!(t.mask >> lane & 1u)) fail("%s with mask 0x%08x, which leaves out its own lane %d", who, t.mask, lane);
-    if (t.width < 1 || t.width > 32 || (t.width & (t.width - 1))) fail("%s with width %d (not a power of two <= 32)", who, t.width);
+#define WHO (describe_thread(t, who, sizeof who), who)
+    if (!(t.mask >> lane & 1u)) fail("%s with mask 0x%08x, which leaves out its own lane %d", WHO, t.mask, lane);
+    if (t.width < 1 || t.width > 32 || (t.width & (t.width - 1)))
+        fail("%s with width %d (not a power of two <= 32)", WHO, t.width);
     for (int j = 0; j < 32; j++) {
         if (!(t.mask >> j & 1u)) continue;
         if (j >= lanes) fail("%s (%s) with mask 0x%08x, but lane %d does not exist: warp %d has %d lanes",
-                             who, op_name(t.op), t.mask, j, warp, lanes);
+                             WHO, op_name(t.op), t.mask, j, warp, lanes);
         const Thread& u = threads[warp * 32 + j];
         if (u.state == DONE) fail("%s (%s): lane %d in its mask 0x%08x has returned and can never join",
-                                  who, op_name(t.op), j, t.mask);
+                                  WHO, op_name(t.op), j, t.mask);
         if (u.state != AT_WARP) return false;
         if (u.line != t.line || strcmp(u.file, t.file) || u.op != t.op || u.mask != t.mask || u.width != t.width) {
             char other[256];
             describe_thread(u, other, sizeof other);
             fail("%s (%s, mask 0x%08x) while lane %d of its mask, %s (%s, mask 0x%08x): not the same collective",
-                 who, op_name(t.op), t.mask, j, other, op_name(u.op), u.mask);
+                 WHO, op_name(t.op), t.mask, j, other, op_name(u.op), u.mask);
         }
     }
+#undef WHO
     uint64_t ballot = 0;
     for (int j = 0; j < 32; j++)
         if (t.mask >> j & 1u) ballot |= uint64_t(threads[warp * 32 + j].value != 0) << j;
@@ -287,9 +336,14 @@ void run_block(long schedule, uint64_t& rng) {
         for (int i : order)
             if (threads[i].state == READY) run(threads[i]);
         bool all_done = true, completed = false;
-        for (int i = 0; i < nthreads; i++) {
-            all_done &= threads[i].state == DONE;
-            if (threads[i].state == AT_WARP) completed |= try_complete(threads[i], i);
+        for (int w = 0; w * 32 < nthreads; w++) {
+            unsigned tried = 0;                     // lanes whose collective was tried in this pass
+            for (int i = w * 32; i < std::min(nthreads, w * 32 + 32); i++) {
+                all_done &= threads[i].state == DONE;
+                if (threads[i].state != AT_WARP || (tried >> (i % 32) & 1u)) continue;
+                completed |= try_complete(threads[i], i);
+                tried |= threads[i].mask | 1u << (i % 32);
+            }
         }
         if (all_done) return;
         if (!completed) at_a_standstill();
@@ -469,7 +523,6 @@ extern "C" int cubn_emu_launch(const KernelInfo* k, const unsigned* grid, const 
     grid_dim = {grid[0], grid[1], grid[2]};
     block_dim = {block[0], block[1], block[2]};
     nthreads = int(block[0] * block[1] * block[2]);
-    getcontext(&blank);
     buffers.clear();
     std::vector<void*> slots(k->nparams);        // the values: a pointer's guarded copy, or the scalar bytes
     std::vector<void*> pointers(k->nparams);
