@@ -1,13 +1,18 @@
 import numpy
 import pytest
 
-from cubn import backend
+from cubn import backend, emulate
 
 gpu = pytest.mark.gpu
+emulated = pytest.mark.skipif(not emulate.available(), reason="no C++ compiler for the kernel emulator")
 
-# One test body, two array paths: tests take the ``device`` fixture and make
+# One test body, several array paths: tests take the ``device`` fixture and make
 # their inputs with ``to_dev``. The GPU case skips cleanly where no GPU answers.
 DEVICES = ["cpu", pytest.param("cuda", marks=gpu)]
+# Test files whose GPU half needs only the normalization kernels set EMULATE_NORM_KERNELS = True:
+# their ``device`` then also takes "emulate", NumPy arrays with the norm layers running the CUDA
+# kernels on the CPU emulator (CUBN_KERNELS=emulate); conv, pooling and the rest stay NumPy.
+KERNEL_DEVICES = DEVICES + [pytest.param("emulate", marks=emulated)]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -19,8 +24,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(params=DEVICES)
-def device(request):
+def pytest_generate_tests(metafunc):
+    if "device" in metafunc.fixturenames:
+        emulated_too = getattr(metafunc.module, "EMULATE_NORM_KERNELS", False)
+        metafunc.parametrize("device", KERNEL_DEVICES if emulated_too else DEVICES, indirect=True)
+
+
+@pytest.fixture
+def device(request, monkeypatch):
+    """'cpu' or 'cuda'; for "emulate", 'cpu' with CUBN_KERNELS=emulate set for the test."""
+    if request.param == "emulate":
+        monkeypatch.setenv("CUBN_KERNELS", "emulate")
+        return "cpu"
     return request.param
 
 

@@ -5,8 +5,12 @@ import numpy
 import pytest
 
 import cubn
-from cubn import nn, random
+from cubn import backend, nn, random
 from cubn.recompute import _Recompute
+from conftest import to_dev
+
+# the GPU half of this file needs only the norm kernels: it also runs on the emulator (conftest.py)
+EMULATE_NORM_KERNELS = True
 
 
 def rand(shape, seed=0, dtype=numpy.float32):
@@ -18,29 +22,30 @@ def block():
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.3))
 
 
-def run(model, x, dy, use_checkpoint, seed=7, as_module=True):
+def run(model, x, dy, use_checkpoint, seed=7, as_module=True, device="cpu"):
     """One training step's forward and backward; returns (output, input grad, state, next random draw)."""
     random.manual_seed(seed)
-    t = cubn.tensor(x, requires_grad=True)
+    t = cubn.tensor(to_dev(x, device), requires_grad=True)
     h = t * 2.0  # something before the block, so the block's input is not a leaf
     fn = model if as_module else (lambda inp: model(inp))  # a plain function: no buffer snapshot
     y = cubn.checkpoint(fn, h) if use_checkpoint else model(h)
     if use_checkpoint:
         assert isinstance(y._ctx, _Recompute)  # one node on the tape, nothing saved inside the block
-    (y * cubn.tensor(dy)).sum().backward()
-    return y.numpy(), t.grad, model.state_dict(), random.get_rng().random()
+    (y * cubn.tensor(to_dev(dy, device))).sum().backward()
+    state = {k: backend.to_numpy(v) for k, v in model.state_dict().items()}
+    return y.numpy(), backend.to_numpy(t.grad), state, random.get_rng().random()
 
 
 @pytest.mark.parametrize("as_module", [True, False])
-def test_gradients_and_running_stats_are_bitwise_those_without_checkpointing(as_module):
+def test_gradients_and_running_stats_are_bitwise_those_without_checkpointing(as_module, device):
     x, dy = rand((4, 3, 5, 5), 1), rand((4, 4, 5, 5), 2)
-    plain, ckpt = block().train(), block().train()
-    y0, gx0, state0, draw0 = run(plain, x, dy, False)
-    y1, gx1, state1, draw1 = run(ckpt, x, dy, True, as_module=as_module)
+    plain, ckpt = block().train().to(device), block().train().to(device)
+    y0, gx0, state0, draw0 = run(plain, x, dy, False, device=device)
+    y1, gx1, state1, draw1 = run(ckpt, x, dy, True, as_module=as_module, device=device)
     numpy.testing.assert_array_equal(y1, y0)
     numpy.testing.assert_array_equal(gx1, gx0)
     for (name, p0), (_, p1) in zip(plain.named_parameters(), ckpt.named_parameters()):
-        numpy.testing.assert_array_equal(p1.grad, p0.grad, err_msg=name)
+        numpy.testing.assert_array_equal(backend.to_numpy(p1.grad), backend.to_numpy(p0.grad), err_msg=name)
     for key in state0:  # running stats moved once; num_batches_tracked is 1
         numpy.testing.assert_array_equal(state1[key], state0[key], err_msg=key)
     assert int(ckpt[1].num_batches_tracked.numpy()) == 1
