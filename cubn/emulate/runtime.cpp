@@ -405,7 +405,7 @@ void on_fault(int sig, siginfo_t* info, void* uctx) {
         if (index >= 0 && index < count)
             fail("%s %s %s[%lld], but %s is a const argument (read-only)", who, access, b.name, index, b.name);
         fail("%s %s %s[%lld], outside its %lld elements (valid indices 0..%lld)",
-             who, access, b.name, index, b.name, count, count - 1);
+             who, access, b.name, index, count, count - 1);
     }
     for (int i = 0; i < MAX_THREADS; i++)
         if (stacks[i] && a >= stacks[i] - 4096 && a < stacks[i])
