@@ -472,3 +472,23 @@ def test_layer_runs_the_kernels(monkeypatch, name, make_layer, shape, training, 
     assert calls == expected_calls, f"cubn.cuda.{module} calls on {name}: {calls}"
     for (result, want), (_, got) in zip(results["cpu"], results[name]):
         assert_close(got, want, np.float32, result)
+
+
+# Grid limits lowered so that small cases cross every launcher's splitting logic: grid-stride loops
+# past gridDim.x (MAX_GRID_X, rownorm's MAX_GRID), BN v2's chunks capped by gridDim.y (MAX_GRID_Y)
+# and the elementwise kernels' extra columns per thread to keep gridDim.y under it.
+SPLIT_CASES = [
+    pytest.param(name, fn, v, dtype, shape, id=case_id(name, fn, v, dtype, shape), marks=mark)
+    for name, mark in BACKENDS.items() for dtype in (np.float16, np.float64)
+    for module, shape in (("batchnorm", (3, 5, 3000)), ("batchrenorm", (3, 5, 3000)), ("rownorm", (30, 6, 50, 3)),
+                          ("rmsnorm", (30, 40)))
+    for fn in FUNCTIONS[module] for v in versions(module, fn)]
+
+
+@pytest.mark.parametrize("name, fn, version, dtype, shape", SPLIT_CASES)
+def test_grid_splitting(on, monkeypatch, name, fn, version, dtype, shape):
+    on(name)
+    monkeypatch.setattr(importlib.import_module("cubn.cuda.batchnorm"), "MAX_GRID_X", 3)
+    monkeypatch.setattr(importlib.import_module("cubn.cuda.batchnorm"), "MAX_GRID_Y", 2)
+    monkeypatch.setattr(importlib.import_module("cubn.cuda.rownorm"), "MAX_GRID", 3)
+    check_against_ref64(name, fn, version, dtype, shape, True)
