@@ -48,13 +48,18 @@ __device__ __forceinline__ Sum2 shfl_down(Sum2 v, int off) {
 __device__ __forceinline__ ACC clamp0(ACC v) { return v < ACC(0) ? ACC(0) : v; }
 
 __device__ __forceinline__ void write_stats(i64 c, ACC mu, ACC v, ACC eps, ACC* mean, ACC* var, ACC* rstd) {
-    mean[c] = mu;
+    mean[c] = mean_or_nan(mu, v);
     var[c] = v;
     rstd[c] = ACC(1) / sqrt(v + eps);                                            // [E3]
 }
 
 // Element index of position m of channel c: ((m / S)*C + c)*S + m % S. Two divisions: v1 only.
 __device__ __forceinline__ i64 elem(i64 m, i64 c, i64 C, i64 S) { return (m / S * C + c) * S + m % S; }
+
+// The shift of channel c's one-pass statistics: robust_shift of its first, middle and last values
+__device__ __forceinline__ ACC channel_shift(const T* x, i64 c, i64 C, i64 S, i64 M) {
+    return robust_shift(load(x[elem(0, c, C, S)]), load(x[elem((M - 1) / 2, c, C, S)]), load(x[elem(M - 1, c, C, S)]));
+}
 
 // a % b (a >= 0, b > 0) in 32 bits when both fit: a 64-bit remainder is a long software routine,
 // and walk_rows pays one per row, i.e. one per element when S == 1.
@@ -166,10 +171,11 @@ extern "C" __global__ void batchnorm_stats_v1(const T* x, ACC* mean, ACC* var, A
 // batchnorm_stats_v2: per-chunk partial Moments; batchnorm_stats_finalize_v2 merges them.
 // Why: v1 runs C blocks (too few when C is small) and reads x C*S apart for S == 1. Here grid.y
 // splits each channel's M positions into chunks, and the lane mapping above keeps warps coalesced.
-// Numerics: one pass, Welford per lane on x - x[0, c, 0] (the channel's first value). Shifted, the
-// running mean is of the order of the spread, so float32 keeps its digits where |mean| >> std
-// (unshifted Welford is ~5% off on 1e4 + 0.01*randn, this is ~1e-7 like the twin). The lanes'
-// Moments are in the same shifted frame, so Chan's merge combines them without cancellation.
+// Numerics: one pass, Welford per lane on x - shift, the channel's channel_shift (the median of its
+// first, middle and last values). Shifted, the running mean is of the order of the spread, so float32
+// keeps its digits where |mean| >> std (unshifted Welford is ~5% off on 1e4 + 0.01*randn, this is
+// ~1e-7 like the twin). The lanes' Moments are in the same shifted frame, so Chan's merge combines
+// them without cancellation.
 // Launch: grid (ceil(C / (32/L)), K) with K = ceil(M / Q) <= 65535, block BLOCK threads; static
 // shared memory BLOCK*sizeof(Stat). Writes every partial[k*C + c] (K*C Stats): no zeroing needed.
 extern "C" __global__ void batchnorm_stats_v2(const T* x, Stat* partial, i64 C, i64 S, i64 M, i64 L, i64 Q) {
@@ -177,7 +183,7 @@ extern "C" __global__ void batchnorm_stats_v2(const T* x, Stat* partial, i64 C, 
     Stat t = {0, 0, 0};
     const i64 c = tile_channel(L);
     if (c < C) {
-        const ACC shift = load(x[c * S]);                        // element (0, c, 0)
+        const ACC shift = channel_shift(x, c, C, S, M);
         walk_chunk(C, S, M, L, Q, c, [&](i64 i) {
             const ACC v = load(x[i]) - shift;
             t.n += ACC(1);
@@ -189,15 +195,16 @@ extern "C" __global__ void batchnorm_stats_v2(const T* x, Stat* partial, i64 C, 
     store_partial(t, smem, L, C, partial);
 }
 
-// batchnorm_stats_finalize_v2: mean = shift + merged mean [E1], var = M2 / M [E2], rstd [E3].
+// batchnorm_stats_finalize_v2: mean = shift + merged mean [E1], var = M2 / M [E2], rstd [E3]; the shift
+// is recomputed from x as stats_v2 computed it.
 // Mapping: warp threadIdx.y of block b owns channel c = b*blockDim.y + threadIdx.y (range [0, C)).
 // Launch: block (32, any y), grid (ceil(C / blockDim.y)); partial holds K*C Stats from stats_v2.
 extern "C" __global__ void batchnorm_stats_finalize_v2(const Stat* partial, ACC* mean, ACC* var, ACC* rstd,
-                                                       i64 C, i64 K, const T* x, i64 S, ACC eps) {
+                                                       i64 C, i64 K, const T* x, i64 S, i64 M, ACC eps) {
     const i64 c = (i64)blockIdx.x * blockDim.y + threadIdx.y;
     if (c >= C) return;                                          // the whole warp leaves: no shuffle is cut short
     const Stat t = merge_partials(partial, K, C, c, Stat{0, 0, 0});
-    if (threadIdx.x == 0) write_stats(c, load(x[c * S]) + t.mean, clamp0(t.m2 / t.n), eps, mean, var, rstd);
+    if (threadIdx.x == 0) write_stats(c, channel_shift(x, c, C, S, M) + t.mean, clamp0(t.m2 / t.n), eps, mean, var, rstd);
 }
 
 // batchnorm_rstd: rstd[c] = 1/sqrt(var[c] + eps) [E3] from given (running) var, for inference.

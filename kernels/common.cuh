@@ -79,6 +79,29 @@ __device__ __forceinline__ A block_sum(A v, A* scratch) {
 }
 
 // ---------------------------------------------------------------------------
+// Non-finite input (the contract in cubn/ref/__init__.py): a channel or row that holds an inf or a NaN
+// has a NaN variance (inf - inf among its deviations), and its mean is reported as NaN too. A merge of
+// shifted partials cannot tell a +inf mean from a NaN one; the twins make the same choice. `var` may be
+// anything that is NaN exactly when the variance is, such as rstd.
+// ---------------------------------------------------------------------------
+template <typename A>
+__device__ __forceinline__ A mean_or_nan(A mean, A var) { return var != var ? var : mean; }
+
+// ---------------------------------------------------------------------------
+// robust_shift: the common shift of one-pass and chunked statistics, subtracted from every value so
+// that float sums keep the digits of the spread when |mean| >> std. It must lie near the data: a shift
+// 1e4 away makes x - shift lose the low digits of every x (float32 rounds 1e4 + 0.123456 to 1e-3). The
+// median of three values (the first, middle and last of the set) is never a single outlier among them.
+// Not finite (an inf or NaN among the three): 0, and the non-finite value shows in the statistics.
+// ---------------------------------------------------------------------------
+template <typename A>
+__device__ __forceinline__ A robust_shift(A a, A b, A c) {
+    const A lo = a < b ? a : b, hi = a < b ? b : a;
+    const A m = c < lo ? lo : (c > hi ? hi : c);
+    return m - m == A(0) ? m : A(0);
+}
+
+// ---------------------------------------------------------------------------
 // Welford/Chan merge of two partial statistics (count n, mean, M2 = sum of squared
 // deviations). Used where partial results from different blocks are combined:
 // merging means and M2 directly avoids E[x^2] - E[x]^2 cancellation.

@@ -53,6 +53,11 @@ __device__ __forceinline__ i64 channel(i64 cbase, i64 k, i64 S) {
     return cbase + (S == 1 ? k : (i64)((int)k / (int)S));
 }
 
+// The common shift of a row's chunk statistics (robust_shift of its first, middle and last values)
+__device__ __forceinline__ ACC row_shift(const T* xr, i64 K) {
+    return robust_shift(load(xr[0]), load(xr[(K - 1) / 2]), load(xr[K - 1]));
+}
+
 __device__ __forceinline__ ACC weight(const ACC* gamma, i64 c) { return gamma ? gamma[c] : ACC(1); }
 
 // gamma[c] at position k; the divide in channel() only runs when there is a gamma
@@ -99,7 +104,7 @@ extern "C" __global__ void rownorm_forward_v1(const T* x, const ACC* gamma, cons
         sd2 = block_sum(sd2, scratch);
         const ACC rs = ACC(1) / sqrt(variance(sd, sd2, ACC(K), center) + eps);           // [E2] [E3] / [M1] [M2]
         if (threadIdx.x == 0) {
-            if (mean) mean[r] = mu;
+            if (mean) mean[r] = mean_or_nan(mu, rs);   // rs is NaN exactly when var is
             rstd[r] = rs;
         }
         const i64 cbase = r % groups * Cg;
@@ -145,7 +150,7 @@ rownorm_forward_v2(const T* x, const ACC* gamma, const ACC* beta, T* y, ACC* mea
         sd2 = team_sum(sd2, scratch, warp_team);
         const ACC rs = ACC(1) / sqrt(variance(sd, sd2, ACC(K), center) + eps);           // [E2] [E3] / [M1] [M2]
         if (lane == 0) {
-            if (mean) mean[r] = mu;
+            if (mean) mean[r] = mean_or_nan(mu, rs);   // rs is NaN exactly when var is
             rstd[r] = rs;
         }
         const i64 cbase = r % groups * Cg;
@@ -161,8 +166,9 @@ rownorm_forward_v2(const T* x, const ACC* gamma, const ACC* beta, T* y, ACC* mea
 // (2, 2, 2^21) case): cut it in nch chunks of CH = VPT*blockDim.x positions, one block per item i = r*nch + ch.
 // The block holds positions k = ch*CH + t + j*blockDim.x (j in [0, VPT)) in registers and writes the chunk's
 // mean and M2 = sum d^2 - (sum d)^2/n by the corrected two-pass of v2 (center == 0: mean 0, M2 = sum x^2).
-// Values are shifted by the row's first value x[r*K] (shifted data: chunk sums of 1e4 + noise in float
-// would otherwise lose the noise's digits, and the merge would add their rounding to M2).
+// Values are shifted by row_shift, the median of the row's first, middle and last values (shifted data:
+// chunk sums of 1e4 + noise in float would otherwise lose the noise's digits, and the merge would add
+// their rounding to M2; the median keeps one outlier at those positions from becoming the shift).
 // Launch: blockDim.x = MAX_BLOCK (normalize_split_v2 assumes the same CH), nch = ceil(K / CH), any grid;
 // part_mean, part_m2 hold R*nch values, every one written here.
 extern "C" __global__ void __launch_bounds__(MAX_BLOCK)
@@ -173,7 +179,7 @@ rownorm_stats_split_v2(const T* x, ACC* part_mean, ACC* part_m2, i64 R, i64 K, i
         const i64 r = i / nch, k0 = i % nch * CH;
         const ACC n = ACC(K - k0 < CH ? K - k0 : CH);                                     // positions in the chunk
         const T* xr = x + r * K;
-        const ACC shift = center ? load(xr[0]) : ACC(0);
+        const ACC shift = center ? row_shift(xr, K) : ACC(0);
         ACC v[VPT];
         ACC s = 0;
 #pragma unroll
@@ -219,7 +225,7 @@ rownorm_normalize_split_v2(const T* x, const ACC* gamma, const ACC* beta, T* y, 
         const ACC* pm = part_mean + r * nch;
         const ACC* p2 = part_m2 + r * nch;
         const T* xr = x + r * K;
-        const ACC shift = center ? load(xr[0]) : ACC(0);                                  // as in stats_split_v2
+        const ACC shift = center ? row_shift(xr, K) : ACC(0);                             // as in stats_split_v2
         ACC s = 0;
         for (i64 q = threadIdx.x; q < nch; q += blockDim.x)                               // range [0, nch)
             s += ACC(K - q * CH < CH ? K - q * CH : CH) * pm[q];
@@ -234,7 +240,7 @@ rownorm_normalize_split_v2(const T* x, const ACC* gamma, const ACC* beta, T* y, 
         m2 = block_sum(m2, scratch);
         const ACC rs = ACC(1) / sqrt(variance(sd, m2, ACC(K), center) + eps);            // [E2] [E3] / [M1] [M2]
         if (k0 == 0 && threadIdx.x == 0) {
-            if (mean) mean[r] = shift + mu;
+            if (mean) mean[r] = mean_or_nan(shift + mu, rs);
             rstd[r] = rs;
         }
         const i64 cbase = r % groups * Cg;

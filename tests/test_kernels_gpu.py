@@ -492,3 +492,73 @@ def test_grid_splitting(on, monkeypatch, name, fn, version, dtype, shape):
     monkeypatch.setattr(importlib.import_module("cubn.cuda.batchnorm"), "MAX_GRID_Y", 2)
     monkeypatch.setattr(importlib.import_module("cubn.cuda.rownorm"), "MAX_GRID", 3)
     check_against_ref64(name, fn, version, dtype, shape, True)
+
+
+def stats_modules(name):
+    """(batchnorm, rownorm) modules of a backend: the NumPy twins for "ref", else cubn.cuda's launchers."""
+    package = "cubn.ref." if name == "ref" else "cubn.cuda."
+    return (importlib.import_module(package + "batchnorm"), importlib.import_module(package + "rownorm"))
+
+
+def with_version(name, version):
+    return {} if name == "ref" else {"version": version}
+
+
+# The non-finite contract (cubn/ref/__init__.py): a channel or row that holds an inf or a NaN gets NaN
+# mean, var and rstd; every other channel or row keeps finite statistics. Planted at the positions the
+# v2 kernels read their shift from (first, middle, last) and elsewhere.
+@pytest.mark.parametrize("name", [pytest.param("ref", id="ref")] + BACKEND_PARAMS)
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_finite_input_gives_nan_statistics_in_its_channel_only(on, name, version, dtype):
+    on("cuda" if name == "ref" else name)
+    bn, rows = stats_modules(name)
+    x = (2.0 + np.random.default_rng(3).standard_normal((3, 5, 300))).astype(dtype)
+    x[1, 0, 7] = np.inf                  # channel 0, row (1, 0): +inf alone (a plain mean would be +inf)
+    x[0, 1, 0] = -np.inf                 # channel 1, row (0, 1): at the first value, where a shift is read
+    x[2, 2, 299] = np.nan                # channel 2, row (2, 2): the last value
+    x[1, 3, 7], x[1, 3, 9] = np.inf, -np.inf   # channel 3, row (1, 3); channel 4 is clean
+    kw = with_version(name, version)
+    _, mean, var, rstd = (backend.to_numpy(a) for a in bn.batchnorm_forward(on_backend(x, name), None, None, EPS, **kw))
+    bad = np.array([True, True, True, True, False])
+    for stat, values in (("mean", mean), ("var", var), ("rstd", rstd)):
+        assert (np.isnan(values) == bad).all(), f"BatchNorm {stat}: {values}"
+    _, mean, rstd = (backend.to_numpy(a) for a in rows.rownorm_forward(on_backend(x, name), None, None, 5, EPS, **kw))
+    bad = np.zeros((3, 5), bool)
+    bad[1, 0] = bad[0, 1] = bad[2, 2] = bad[1, 3] = True
+    assert (np.isnan(mean) == bad).all() and (np.isnan(rstd) == bad).all(), f"rownorm mean {mean}, rstd {rstd}"
+
+
+@pytest.mark.parametrize("name", [pytest.param("ref", id="ref")] + BACKEND_PARAMS)
+def test_non_finite_value_in_a_split_row(on, name):
+    """Rows long enough for v2's chunked statistics: an inf in one chunk of one row."""
+    on("cuda" if name == "ref" else name)
+    _, rows = stats_modules(name)
+    x = np.random.default_rng(4).standard_normal((2, 2, 5003)).astype(np.float32)
+    x[1, 1, 4000] = np.inf
+    _, mean, rstd = (backend.to_numpy(a) for a in rows.rownorm_forward(on_backend(x, name), None, None, 1, EPS,
+                                                                        **with_version(name, 2)))
+    assert np.isnan(mean).tolist() == [[False], [True]] and np.isnan(rstd).tolist() == [[False], [True]], (mean, rstd)
+
+
+# An outlier at the first value of every channel (BN) and row (rownorm): where the v2 kernels used to
+# take their shift, so that x - shift lost the low digits of every value (mean errors near 1e-3).
+@pytest.mark.parametrize("name", BACKEND_PARAMS)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_outlier_at_the_shift_position_keeps_the_mean_accurate(on, name, dtype):
+    on(name)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 3, 3000)).astype(dtype)
+    x[0, :, 0] = 1e4
+    _, mean, var, _ = (backend.to_numpy(a) for a in
+                       stats_modules(name)[0].batchnorm_forward(on_backend(x, name), None, None, EPS, version=2))
+    want_mean, want_var = batch_moments(x)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-5, err_msg="BatchNorm v2 mean")
+    np.testing.assert_allclose(var, want_var, rtol=1e-4, err_msg="BatchNorm v2 var")
+    x = rng.standard_normal((2, 2, 5003)).astype(dtype)         # rows of K = 10006: v2's chunked path
+    x[:, 0, 0] = 1e4
+    _, mean, rstd = (backend.to_numpy(a) for a in
+                     stats_modules(name)[1].rownorm_forward(on_backend(x, name), None, None, 1, EPS, version=2))
+    want_mean, want_var = moments(x.reshape(2, 1, -1), 2)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-5, err_msg="rownorm v2 mean")
+    np.testing.assert_allclose(rstd, rstd64(want_var), rtol=1e-4, err_msg="rownorm v2 rstd")

@@ -186,7 +186,7 @@ def _batch_stats(x, defines, eps, version):
     xp = backend.get_array_module(x)
     stats = tuple(xp.empty(x.shape[1], common.acc_dtype(x.dtype)) for _ in range(3))
     _reduce(("batchnorm_stats_v1", "batchnorm_stats_v2", "batchnorm_stats_finalize_v2"), defines, (x,), stats, 3,
-            version, v1_extra=(eps,), finalize_extra=(x, numpy.int64(x.shape[2]), eps))
+            version, v1_extra=(eps,), finalize_extra=(x, *_i64(x.shape[2], x.shape[0] * x.shape[2]), eps))
     return stats
 
 

@@ -96,6 +96,16 @@ def host_options(options):
     return tuple(o for o in options if o.startswith(("-I", "-D", "-U", "-std=")))
 
 
+def _included_headers(options):
+    """The text of every header in the -I folders: an edited common.cuh must rebuild what includes it."""
+    texts = []
+    for o in options:
+        if o.startswith("-I"):
+            for p in sorted(pathlib.Path(o[2:]).glob("*.cuh")) + sorted(pathlib.Path(o[2:]).glob("*.h")):
+                texts.append(p.read_text(errors="replace"))
+    return "".join(texts)
+
+
 def _runtime_object(cxx, flags):
     source = (HERE / RUNTIME).read_text()
     headers = "".join((HERE / h).read_text() for h in HEADERS)
@@ -117,7 +127,7 @@ def build(code, options=()):
     extra = host_options(options)
     runtime = _runtime_object(cxx, flags)
     headers = "".join((HERE / h).read_text() for h in HEADERS)
-    target = cache_dir() / f"kernels-{_digest(text, headers, runtime.name, cxx, *flags, *extra)}.so"
+    target = cache_dir() / f"kernels-{_digest(text, headers, _included_headers(extra), runtime.name, cxx, *flags, *extra)}.so"
     if not target.exists():
         with tempfile.TemporaryDirectory() as tmp:
             tu = pathlib.Path(tmp) / "kernels.cpp"

@@ -14,6 +14,11 @@ Shapes and dtypes, shared by every function:
 * ``gamma``/``beta`` are arrays of the accumulation dtype or None (meaning 1
   and 0). Backward always returns dgamma and dbeta as arrays.
 * ``y`` and ``dx`` have the input's dtype.
+* Non-finite input: a channel (BatchNorm) or row (rownorm) that holds an inf
+  or a NaN gets NaN mean, var and rstd, so NaN outputs and gradients; other
+  channels and rows are unaffected. (The twins' plain mean of a +inf is +inf,
+  but the kernels' merged shifted partials cannot tell +inf from NaN, so both
+  report NaN.) RMSNorm has no mean: its rrms follows the formula.
 * Training-mode functions need at least one element per statistic; the ops
   layer handles empty batches and raises for single-value statistics before
   calling them.

@@ -70,7 +70,12 @@ def _batch_stats(x, eps):
     # read deviations, never raw x, so this is not E[x^2] - E[x]^2. The clamp keeps
     # a rounding-negative var of a constant channel from reaching sqrt.
     var = xp.maximum(xp.square(d).mean(axis=_REDUCED) - xp.square(d.mean(axis=_REDUCED)), 0)
-    return mean, var, _rstd(var, eps)
+    return _mean_or_nan(mean, var), var, _rstd(var, eps)
+
+
+def _mean_or_nan(mean, var):
+    """The non-finite contract (cubn/ref/__init__.py): where var is NaN, the mean is NaN too."""
+    return get_array_module(mean).where(var != var, var, mean)
 
 
 def batchnorm_forward(x, gamma, beta, eps):

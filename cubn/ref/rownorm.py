@@ -28,6 +28,7 @@ Shapes and dtypes: gamma, beta are (C,) of the accumulation dtype, or None
 dx have x's dtype; dgamma and dbeta are always returned, (C,), accumulation dtype.
 """
 from cubn.backend import get_array_module
+from cubn.ref.batchnorm import _mean_or_nan
 from cubn.ref.common import acc_dtype
 
 
@@ -54,7 +55,7 @@ def rownorm_forward(x, gamma, beta, groups, eps):
     xhat = (d * rstd[..., None]).reshape(x.shape)                                  # [E4]
     y = xhat if gamma is None else xhat * gamma[:, None]                           # [E5]
     y = y if beta is None else y + beta[:, None]
-    return y.astype(x.dtype), mean, rstd
+    return y.astype(x.dtype), _mean_or_nan(mean, var), rstd
 
 
 def rownorm_backward(dy, x, gamma, mean, rstd, groups):
