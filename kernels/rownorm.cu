@@ -28,6 +28,7 @@
  *   rownorm_backward_v1  one block per row: row sums of g and g*xhat, then dx, two passes over global memory (readable baseline)
  *   rownorm_params_v1  one block per channel, block_sum of dy and dy*xhat over its N*S values (readable baseline)
  *   rownorm_backward_v2  warp or block per (group, chunk, row set): dx and per-channel partials from one read of dy and x
+ *   rownorm_backward_v2_warp  the same for warp teams in 256-thread blocks, bounded there: float64 no longer spills
  *   rownorm_backward_sums_v2  long rows: per-chunk sums of w*dy and w*dy*xhat (row sums, or the (n, c) partials)
  *   rownorm_backward_dx_split_v2  long rows with S > 1: row sums rebuilt from the (n, c) partials, dx for one chunk
  *   rownorm_params_reduce_v2  dgamma, dbeta: the v2 partials added over row sets and chunks in a fixed order
@@ -38,6 +39,7 @@ typedef long long i64;
 
 #define VPT 8            // values per thread held in registers by the v2 kernels
 #define MAX_BLOCK 1024   // largest block; the split kernels run with it, a chunk is VPT*MAX_BLOCK positions
+#define WARP_BLOCK 256   // block of the warp-team launches (8 rows per block)
 
 // xp.maximum(v, 0) of the twins: a NaN stays NaN (fmax would turn it into 0 and hide it)
 __device__ __forceinline__ ACC clamp0(ACC v) { return v < ACC(0) ? ACC(0) : v; }
@@ -319,13 +321,18 @@ extern "C" __global__ void rownorm_params_v1(const T* dy, const T* x, const ACC*
 // g*Cg + k and the slot is the entry; S > 1 (then nch == 1), team_sum per channel ci of the group.
 // Row sums for dx: nch == 1, the team reduces its registers; nch > 1 (S == 1, K > VPT*1024), a team sees
 // one chunk and reads the row's nch sums written by rownorm_backward_sums_v2 (weighted) into row_a, row_b.
-// Launch: blockDim.x a multiple of 32, <= 1024; team = 32 (warp_team) or blockDim.x; VPT*team*nch >= K;
+// Two kernels run this body (a compile-time team kind, so each compiles only its own reductions):
+// rownorm_backward_v2 for block teams, rownorm_backward_v2_warp for warp teams in WARP_BLOCK-thread blocks.
+// Launch: blockDim.x a multiple of 32, <= 1024 (warp teams: WARP_BLOCK); team = 32 or blockDim.x; VPT*team*nch >= K;
 // nch > 1 only with S == 1 and blockDim.x = MAX_BLOCK (the chunk of backward_sums_v2); at least
 // groups*nch*nt teams in the grid (extra teams leave at once, whole warps or whole blocks); nt <= N.
-extern "C" __global__ void __launch_bounds__(MAX_BLOCK)
-rownorm_backward_v2(const T* dy, const T* x, const ACC* gamma, const ACC* mean, const ACC* rstd, T* dx,
-                    const ACC* row_a, const ACC* row_b, ACC* part_dg, ACC* part_db, i64 N, i64 K, i64 S,
-                    i64 Cg, i64 groups, i64 nch, i64 nt, int center, int warp_team) {
+#define BACKWARD_V2_PARAMS const T* dy, const T* x, const ACC* gamma, const ACC* mean, const ACC* rstd, T* dx, \
+    const ACC* row_a, const ACC* row_b, ACC* part_dg, ACC* part_db, i64 N, i64 K, i64 S, i64 Cg, i64 groups, \
+    i64 nch, i64 nt, int center
+#define BACKWARD_V2_ARGS dy, x, gamma, mean, rstd, dx, row_a, row_b, part_dg, part_db, N, K, S, Cg, groups, nch, nt, center
+
+template <int warp_team>
+__device__ __forceinline__ void backward_v2(BACKWARD_V2_PARAMS) {
     __shared__ ACC scratch[32];
     const int team = warp_team ? 32 : blockDim.x;
     const int lane = threadIdx.x % team;
@@ -404,6 +411,18 @@ rownorm_backward_v2(const T* dy, const T* x, const ACC* gamma, const ACC* mean, 
             }
         }
     }
+}
+
+// rownorm_backward_v2: block teams. __launch_bounds__(MAX_BLOCK) caps a thread at 64 registers.
+extern "C" __global__ void __launch_bounds__(MAX_BLOCK) rownorm_backward_v2(BACKWARD_V2_PARAMS) {
+    backward_v2<0>(BACKWARD_V2_ARGS);
+}
+
+// rownorm_backward_v2_warp: warp teams (K <= VPT*32). Why a kernel of its own: bounded at MAX_BLOCK, the
+// warp-team launches were held to 64 registers too, and float64 spilled (492 bytes on sm_90); they run in
+// WARP_BLOCK-thread blocks, which leave a thread up to 255 registers.
+extern "C" __global__ void __launch_bounds__(WARP_BLOCK) rownorm_backward_v2_warp(BACKWARD_V2_PARAMS) {
+    backward_v2<1>(BACKWARD_V2_ARGS);
 }
 
 // Long rows, sums: one block per item i = q*nch + ch adds a = w*dy and b = w*dy*xhat over positions

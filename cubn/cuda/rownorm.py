@@ -35,7 +35,7 @@ FILE = "rownorm.cu"
 VPT = 8                       # kernels/rownorm.cu VPT: values per thread held in registers
 MAX_BLOCK = 1024              # kernels/rownorm.cu MAX_BLOCK: the block of every split kernel
 CHUNK = VPT * MAX_BLOCK       # positions per block when a row is split
-WARP_TEAM_BLOCK = 256         # warp teams: 8 rows per block
+WARP_TEAM_BLOCK = 256         # kernels/rownorm.cu WARP_BLOCK: warp teams, 8 rows per block
 V1_BLOCK = 256
 REDUCE_BLOCK = 1024           # rownorm_params_reduce_v2: 32 rows of 32 lanes (fixed in the kernel)
 ROWS_PER_TEAM = 8             # backward_v2: >= 8 rows per team: each partial array <= 1/8 of x's values
@@ -235,9 +235,10 @@ def _backward(dy, x, gamma, mean, rstd, rows, center, version):
         team = 32 if warp else block
         nt = max(1, min(_cdiv(N, ROWS_PER_TEAM), _cdiv(RESIDENT_THREADS // team, groups * nch)))
         part_dg, part_db = xp.empty(nt * C, acc), xp.empty(nt * C, acc)
-        _launch("rownorm_backward_v2", x.dtype, _cdiv(groups * nch * nt, block // team), block,
+        _launch("rownorm_backward_v2_warp" if warp else "rownorm_backward_v2", x.dtype,
+                _cdiv(groups * nch * nt, block // team), block,
                 (dy, x, gamma, mean, rstd, dx, row_a, row_b, part_dg, part_db, i64(N), i64(K), i64(S), i64(Cg),
-                 i64(groups), i64(nch), i64(nt), flag, numpy.int32(warp)))
+                 i64(groups), i64(nch), i64(nt), flag))
         M, P = nt, 1
     # dgamma[c], dbeta[c] = fixed-order sums of the (M, C, P) partials: 32 channels per block
     _launch("rownorm_params_reduce_v2", x.dtype, _cdiv(C, 32), REDUCE_BLOCK,
