@@ -263,9 +263,7 @@ extern "C" __global__ void batchnorm_param_grads_v1(const T* dy, const T* x, con
         sdb += g;
         sdg += g * ((load(x[i]) - mean[c]) * rstd[c]);
     }
-    sdb = block_sum(sdb, scratch);                               // [E6]
-    sdg = block_sum(sdg, scratch);                               // [E7]
-    if (threadIdx.x == 0) { dbeta[c] = sdb; dgamma[c] = sdg; }
+    block_sums_to(sdb, sdg, scratch, dbeta, dgamma, c);           // [E6] [E7]
 }
 
 // batchnorm_param_grads_v2: per-chunk (sum dy, sum dy*xhat); batchnorm_param_grads_finalize_v2 adds them.

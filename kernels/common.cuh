@@ -78,6 +78,18 @@ __device__ __forceinline__ A block_sum(A v, A* scratch) {
     return warp_sum(v);              // every warp reduces the partials itself: no third barrier
 }
 
+// block_sums_to: the block sums of a and b, stored by thread 0 at out_a[i] and out_b[i].
+// Contract: block_sum's (every thread calls it, with the same i).
+template <typename A>
+__device__ __forceinline__ void block_sums_to(A a, A b, A* scratch, A* out_a, A* out_b, long long i) {
+    a = block_sum(a, scratch);
+    b = block_sum(b, scratch);
+    if (threadIdx.x == 0) {
+        out_a[i] = a;
+        out_b[i] = b;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Non-finite input (the contract in cubn/ref/__init__.py): a channel or row that holds an inf or a NaN
 // has a NaN variance (inf - inf among its deviations), and its mean is reported as NaN too. A merge of

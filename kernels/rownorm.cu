@@ -301,12 +301,7 @@ extern "C" __global__ void rownorm_params_v1(const T* dy, const T* x, const ACC*
             db += d;                                                                      // [E6]
             dg += d * (load(x[e]) - (center ? mean[r] : ACC(0))) * rstd[r];               // [E7] / [M5]
         }
-        dg = block_sum(dg, scratch);
-        db = block_sum(db, scratch);
-        if (threadIdx.x == 0) {
-            dgamma[c] = dg;
-            dbeta[c] = db;
-        }
+        block_sums_to(dg, db, scratch, dgamma, dbeta, c);
     }
 }
 
@@ -454,12 +449,7 @@ rownorm_backward_sums_v2(const T* dy, const T* x, const ACC* gamma, const ACC* m
                 b += d * (load(x[e0 + p]) - mu) * rs;
             }
         }
-        a = block_sum(a, scratch);
-        b = block_sum(b, scratch);
-        if (threadIdx.x == 0) {
-            sum_a[i] = a;
-            sum_b[i] = b;
-        }
+        block_sums_to(a, b, scratch, sum_a, sum_b, i);
     }
 }
 
