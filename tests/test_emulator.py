@@ -309,3 +309,36 @@ def test_half_conversions_match_numpy_on_every_value(monkeypatch, name):
     assert (np.isnan(h.view(np.float16)) == nan).all(), "NaN floats must store as NaN halves and only those"
     bad = np.flatnonzero(h[~nan] != want[~nan].view(np.uint16))
     assert bad.size == 0, f"float -> half differs from NumPy's round-to-even at {values[~nan][bad[:5]]}"
+
+
+# ---------------------------------------------------------------------------
+# For readers: printf from a kernel, and one command for one kernel version
+# ---------------------------------------------------------------------------
+def test_printf_from_a_kernel_reaches_stdout(plant, monkeypatch, capfd):
+    plant("batchnorm.cu", "    const ACC mu = block_sum(sum, scratch) / ACC(M);             // [E1]\n",
+          "    const ACC mu = block_sum(sum, scratch) / ACC(M);\n"
+          "    if (threadIdx.x == 0) printf(\"channel %lld: mean %.4f\\n\", c, (double)mu);\n")
+    monkeypatch.setenv("CUBN_EMULATE_SCHEDULES", "forward")    # one schedule: each line printed once
+    x = x_of((4, 3, 37))
+    capfd.readouterr()
+    cuda_bn.batchnorm_forward(x, None, None, 1e-5, version=1)
+    lines = capfd.readouterr().out.splitlines()
+    assert lines == [f"channel {c}: mean {m:.4f}" for c, m in enumerate(x.astype(np.float64).mean(axis=(0, 2)))]
+
+
+@pytest.mark.parametrize("argv", [
+    ["batchnorm_forward", "--version", "1"],
+    ["batchrenorm_backward", "--dtype", "float64"],
+    ["rownorm_backward", "--version", "2", "--shape", "2", "6", "50", "--groups", "3"],
+    ["rmsnorm_forward", "--shape", "3", "40"],
+    ["batchnorm_inference_backward", "--version", "1", "--dtype", "float16"],
+])
+def test_one_command_runs_one_kernel_version(capsys, monkeypatch, argv):
+    from cubn.emulate.__main__ import main
+    monkeypatch.setenv("CUBN_KERNELS", "")                   # the command sets it; monkeypatch restores it
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(argv[0]), out
+    tol = {"float16": 5e-2, "float64": 1e-9}.get(argv[argv.index("--dtype") + 1] if "--dtype" in argv else "", 1e-4)
+    diffs = [float(line.rsplit(" ", 1)[1]) for line in out[1:]]
+    assert diffs and max(diffs) < tol, out

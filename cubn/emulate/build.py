@@ -43,7 +43,7 @@ def compiler():
 
 
 def optimization():
-    return ("-O0", "-g") if os.environ.get("CUBN_EMULATE_DEBUG") == "1" else ("-O2",)
+    return ("-O0", "-g3") if os.environ.get("CUBN_EMULATE_DEBUG") == "1" else ("-O2",)
 
 
 def cache_dir():
