@@ -17,7 +17,8 @@
  * Types: T stores x, y, dy, dx (half_t, float, double); ACC holds statistics, parameters and sums.
  * Null pointers: gamma, beta read as 1 and 0 (None in the twins); mean may be null when center == 0.
  * Sizes: R*K may pass 2^31 (64-bit i64 offsets); K and C are at most 2^30 (the launcher checks), so in-row
- * positions, k/S and k + VPT*1024 fit an int. No atomics: every sum runs in a fixed order (bitwise reproducible).
+ * positions, k/S and k + VPT*1024 fit an int. No atomics: every sum runs in a fixed order, and the launch geometry
+ * depends on the shape alone (not the SM count), so results are bitwise reproducible for a given shape and architecture.
  * v2 keeps VPT values per thread in registers: a row of K <= VPT*32 goes to one warp, K <= VPT*1024 to one
  * block; longer rows are cut in chunks of VPT*1024 positions, one block each, with partials in a workspace.
  * Versions:

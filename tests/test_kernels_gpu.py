@@ -564,3 +564,10 @@ def test_outlier_at_the_shift_position_keeps_the_mean_accurate(on, name, dtype):
     want_mean, want_var = moments(x.reshape(2, 1, -1), 2)
     np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-5, err_msg="rownorm v2 mean")
     np.testing.assert_allclose(rstd, rstd64(want_var), rtol=1e-4, err_msg="rownorm v2 rstd")
+
+
+@pytest.mark.gpu
+def test_an_empty_cupy_array_is_a_null_pointer():
+    """The launchers pass absent gamma/beta/dbeta as empty arrays (cubn.cuda.loader.null), which relies on
+    CuPy giving an empty array the data pointer 0; the no_affine cases check the kernels read them so."""
+    assert backend.cupy.empty(0, backend.cupy.float32).data.ptr == 0
