@@ -26,8 +26,9 @@ RUNTIME = "runtime.cpp"
 COMMON_FLAGS = ("-std=c++17", "-fPIC", "-U_FORTIFY_SOURCE", "-fno-strict-aliasing", "-Wno-unknown-pragmas",
                 "-Wno-attributes")
 
-# extern "C" __global__ void [__launch_bounds__(...)] name(params): the launchable kernels of a file
-KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\(([^)]*)\)\s*)?(\w+)\s*\(([^)]*)\)')
+# extern "C" __global__ [__launch_bounds__(...)] void [__launch_bounds__(...)] name(params): a file's kernels
+_BOUNDS = r'(?:__launch_bounds__\s*\(([^)]*)\)\s*)?'
+KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+' + _BOUNDS + r'void\s+' + _BOUNDS + r'(\w+)\s*\(([^)]*)\)')
 COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 
 
@@ -88,7 +89,8 @@ def _atomic_build(target, cmd_for, what):
 
 def kernels(code):
     """[(name, launch-bounds expression or None, parameter text)] of the kernels defined in ``code``."""
-    return [(m.group(2), m.group(1), " ".join(m.group(3).split())) for m in KERNEL.finditer(COMMENT.sub(" ", code))]
+    return [(m.group(3), m.group(1) or m.group(2), " ".join(m.group(4).split()))
+            for m in KERNEL.finditer(COMMENT.sub(" ", code))]
 
 
 def host_options(options):

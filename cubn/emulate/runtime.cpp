@@ -518,6 +518,7 @@ extern "C" size_t cubn_emu_static_shared_bytes() { return __stop_cubn_shared - _
 extern "C" int cubn_emu_launch(const KernelInfo* k, const unsigned* grid, const unsigned* block, const Arg* args,
                                const long* schedules, int nschedules, double timeout, char* err, int errlen) {
     kernel = k;
+    running = nullptr;
     timeout_seconds = timeout;
     block_idx = {0, 0, 0};
     grid_dim = {grid[0], grid[1], grid[2]};
