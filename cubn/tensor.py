@@ -116,7 +116,7 @@ class Tensor:
     size = property(lambda self: self.data.size)
     device = property(lambda self: backend.device_of(self.data))
     is_leaf = property(lambda self: self._ctx is None)
-    T = property(lambda self: self.transpose())
+    T = property(lambda self: self.permute(*reversed(range(self.ndim))))   # the dims reversed, as torch's .T
 
     def __len__(self):
         return len(self.data)
@@ -242,7 +242,7 @@ class Tensor:
     def max(self, axis=None, keepdims=False): return _math().max(self, axis, keepdims)
     def reshape(self, *shape): return _math().reshape(self, _shape_arg(shape))
     def view(self, *shape): return _math().reshape(self, _shape_arg(shape))
-    def transpose(self, *axes): return _math().transpose(self, _shape_arg(axes) or None)
+    def transpose(self, dim0, dim1): return _math().swapdims(self, dim0, dim1)   # torch's: swap two dims
     def permute(self, *axes): return _math().transpose(self, _shape_arg(axes))
     def flatten(self, start_dim=0, end_dim=-1): return _math().flatten(self, start_dim, end_dim)
     def exp(self): return _math().exp(self)

@@ -289,7 +289,7 @@ def test_bad_axis(device, axis, error):
 
 # ---- shape ops ----------------------------------------------------------------------
 SHAPE_OPS = {"reshape": lambda t: t.reshape(6, 4), "reshape -1": lambda t: t.reshape((-1,)),
-             "transpose": lambda t: t.transpose(), "transpose axes": lambda t: t.transpose(2, 0, 1),
+             "T": lambda t: t.T, "transpose": lambda t: t.transpose(0, 2), "transpose negative": lambda t: t.transpose(-1, 1),
              "permute negative": lambda t: t.permute(-1, 0, 1), "flatten": lambda t: t.flatten(),
              "flatten 1": lambda t: t.flatten(1), "flatten 0..1": lambda t: t.flatten(0, 1),
              "flatten -2..-1": lambda t: t.flatten(-2, -1)}
@@ -308,8 +308,16 @@ def test_shape_op_results(device):
     assert t.flatten(1).shape == (2, 12) and t.flatten(0, 1).shape == (6, 4)
     with pytest.raises(ValueError, match="start_dim"):
         t.flatten(2, 1)
-    with pytest.raises(ValueError, match="axes"):
-        t.transpose(0, 1)
+    # transpose is torch's: it swaps two dims (numpy's transpose(0, 1) of a 2-D array would keep its shape)
+    assert t.transpose(0, 1).shape == (3, 2, 4) and t.transpose(1, 1).shape == (2, 3, 4)
+    assert t.transpose(-1, 0).numpy().tolist() == x.swapaxes(-1, 0).tolist()
+    assert leaf(numpy.zeros((2, 3)), device).transpose(0, 1).shape == (3, 2)
+    with pytest.raises(TypeError):
+        t.transpose(2, 0, 1)          # a full order is permute's
+    with pytest.raises(TypeError):
+        t.transpose()
+    with pytest.raises(ValueError, match="dim1"):
+        t.transpose(0, 3)
 
 
 INDICES = {"int": lambda t: t[1], "slices, negative step": lambda t: t[1:, ::-2],

@@ -19,7 +19,7 @@ def t(a, device, requires_grad=False):
 def bn_after_linear(x, w, b, device, eps, dy):
     """BN(x @ w.T + b) in float64; returns the output and the gradient of w under upstream dy."""
     wt = t(w, device, True)
-    y = F.batch_norm(t(x, device) @ wt.transpose() + t(b, device), None, None, training=True, eps=eps)
+    y = F.batch_norm(t(x, device) @ wt.T + t(b, device), None, None, training=True, eps=eps)
     y.backward(to_dev(dy, device))
     return y.numpy(), cubn.backend.to_numpy(wt.grad)
 
@@ -49,7 +49,7 @@ def test_layer_norm_invariances(device):
     x, w = rng().standard_normal((6, 5)), rng(1).standard_normal((8, 5))
 
     def ln(inputs, weights):
-        return F.layer_norm(t(inputs, device) @ t(weights, device).transpose(), (8,), eps=0.0).numpy()
+        return F.layer_norm(t(inputs, device) @ t(weights, device).T, (8,), eps=0.0).numpy()
 
     base = ln(x, w)
     numpy.testing.assert_allclose(ln(x, 7.5 * w), base, rtol=1e-9, atol=1e-10)

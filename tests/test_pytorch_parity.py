@@ -99,3 +99,17 @@ def test_cross_entropy(reduction, smoothing):
     yt.backward(torch.tensor(dy))
     close(yc, yt)
     close(lc.grad, lt.grad)
+
+
+
+SHAPE_OPS = {"transpose(0,1)": lambda t: t.transpose(0, 1), "transpose(-1,0)": lambda t: t.transpose(-1, 0),
+             "transpose(1,1)": lambda t: t.transpose(1, 1), "T": lambda t: t.T}
+
+
+@pytest.mark.parametrize("name", SHAPE_OPS)
+@pytest.mark.parametrize("shape", [(2, 3), (2, 3, 4)])
+def test_shape_ops_follow_torch(name, shape):
+    xc, xt = pair(numpy.random.default_rng(1).standard_normal(shape))
+    yc, yt = SHAPE_OPS[name](xc), SHAPE_OPS[name](xt)
+    assert yc.shape == tuple(yt.shape), f"{name} of {shape}: {yc.shape} vs torch {tuple(yt.shape)}"
+    close(yc, yt)

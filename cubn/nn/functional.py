@@ -59,7 +59,7 @@ VAR_ESTIMATORS = ("unbiased", "biased")
 
 def linear(input, weight, bias=None):
     """y = input @ weight.T + bias, with weight of shape (out_features, in_features)."""
-    y = input @ weight.transpose()
+    y = input @ weight.T
     return y if bias is None else y + bias
 
 

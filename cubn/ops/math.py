@@ -339,6 +339,15 @@ def transpose(x, axes=None):
     return Transpose.apply(x, axes=axes)
 
 
+def swapdims(x, dim0, dim1):
+    """``torch.transpose(x, dim0, dim1)``: x with dimensions dim0 and dim1 swapped (the same dim: x itself)."""
+    x = as_tensor(x)
+    a, b = (_axes(d, x.ndim, name)[0] for d, name in ((dim0, "dim0"), (dim1, "dim1")))
+    order = list(range(x.ndim))
+    order[a], order[b] = order[b], order[a]
+    return Transpose.apply(x, axes=tuple(order))
+
+
 def flatten(x, start_dim=0, end_dim=-1):
     """Merge axes ``start_dim..end_dim`` (inclusive) into one, like ``torch.flatten``."""
     x = as_tensor(x)
