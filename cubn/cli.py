@@ -51,7 +51,7 @@ def parse_data(spec):
     if name in ("mnist", "cifar10"):
         if not folder:
             raise argparse.ArgumentTypeError(f"--data {name} needs a folder: --data {name}:DIR")
-        return name, folder
+        return name, os.path.expanduser(folder)
     raise argparse.ArgumentTypeError(f"--data must be digits, synthetic, mnist:DIR or cifar10:DIR, got {spec!r}")
 
 
@@ -216,8 +216,10 @@ def build_parser():
     t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd")
     t.add_argument("--weight-decay", type=float, default=5e-4, help="not applied to norm parameters and biases")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    t.add_argument("--out", default="runs/latest", help="folder for metrics, curves and checkpoints")
-    t.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint.npz")
+    t.add_argument("--out", type=os.path.expanduser, default="runs/latest",
+                   help="folder for metrics, curves and checkpoints")
+    t.add_argument("--resume", type=os.path.expanduser, metavar="PATH",
+                   help="continue the run saved in this checkpoint.npz")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-progress", dest="progress", action="store_false", help="one line per epoch, no bar")
     sub.add_parser("info", help="versions, the GPU, and whether the kernels compile there")

@@ -65,7 +65,7 @@ def save(state, path):
     tree = _flatten(state, arrays, "state")
     entries = {f"a{i}": a for i, a in enumerate(arrays)}
     entries["__tree__"] = numpy.array(json.dumps(tree))
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -80,6 +80,7 @@ def save(state, path):
 
 def load(path):
     """Read a state written by ``save``; arrays come back as NumPy arrays. Never unpickles."""
+    path = os.path.expanduser(os.fspath(path))
     with open(path, "rb") as f:
         if f.read(4) != b"PK\x03\x04":
             raise ValueError(f"{path} is not a cubn save file (not an .npz archive)")

@@ -24,7 +24,7 @@ def load_cifar10(root, split="train", dtype=numpy.float32):
     """
     if split not in FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    folder = find_folder(pathlib.Path(root), FILES[split][0])
+    folder = find_folder(pathlib.Path(root).expanduser(), FILES[split][0])
     records = numpy.concatenate([read_batch(folder / name) for name in FILES[split]])
     images = records[:, 1:].reshape(-1, 3, 32, 32)
     return pixels_as(images, 255, dtype), records[:, 0].astype(numpy.int64)

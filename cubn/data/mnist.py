@@ -39,7 +39,7 @@ def load_mnist(root, split="train", dtype=numpy.float32):
 
 def find_file(root, name):
     """``root/name`` or ``root/name.gz``, whichever exists."""
-    root = pathlib.Path(root)
+    root = pathlib.Path(root).expanduser()
     for path in (root / name, root / f"{name}.gz"):
         if path.is_file():
             return path
