@@ -5,6 +5,7 @@
                [--optimizer sgd|adam|adamw] [--weight-decay WD] [--device auto|cpu|cuda]
                [--out DIR] [--resume PATH] [--seed S] [--no-progress]
     cubn info
+    cubn --version
 
 ``cubn train`` with no arguments trains a small CNN with BatchNorm on the 8x8 digits shipped
 inside cubn (about 99% test accuracy in about 10 seconds on a laptop CPU). It writes to --out:
@@ -205,6 +206,7 @@ def cmd_info(args, log=print):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="cubn", description="Train small CNNs with cubn's normalization layers.")
+    parser.add_argument("--version", action="version", version=f"cubn {__version__}")
     sub = parser.add_subparsers(dest="command")
     t = sub.add_parser("train", help="train a model (defaults: a small BatchNorm CNN on the shipped digits)")
     t.add_argument("--model", choices=models.MODELS, help="default: cnn for digits/mnist, resnet20 for cifar10/synthetic")
@@ -241,10 +243,12 @@ def _positive_float(text):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.command in (None, "train"):
-        if args.command is None:
-            args = build_parser().parse_args(["train", *(argv or [])])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:          # a bare `cubn` says what it can do; it does not start a run
+        parser.print_help()
+        return 0
+    if args.command == "train":
         try:
             cmd_train(args)
         except (ValueError, FileNotFoundError, RuntimeError) as e:

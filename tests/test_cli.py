@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import cubn
 from cubn import cli
 
 
@@ -75,3 +76,17 @@ def test_info_and_console_entry():
     done = subprocess.run([sys.executable, "-m", "cubn", "info"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "cubn 0.1.0" in done.stdout and "numpy" in done.stdout and "GPU" in done.stdout
+
+
+def test_bare_command_prints_help_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: cubn" in out and "train" in out and "info" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"cubn {cubn.__version__}"
