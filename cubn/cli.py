@@ -138,6 +138,16 @@ def cmd_train(args, log=print):
     optimizer = make_optimizer(args.optimizer, model, lr, args.weight_decay)
     scheduler = optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(train_loader))
 
+    if args.resume:       # a checkpoint that cannot resume this model is refused before --out is touched
+        try:
+            train.load_checkpoint(args.resume, models.create(model_name, x_train.shape[1], int(y_train.max()) + 1,
+                                                             x_train.shape[2:], args.norm))
+        except OSError as e:
+            raise ValueError(f"--resume {args.resume}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise ValueError(f"--resume {args.resume}: {e}") from None
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a file, not a folder")
     os.makedirs(args.out, exist_ok=True)
     n_params = sum(int(p.data.size) for p in model.parameters())
     log(f"cubn {__version__}: {model_name} (norm={args.norm}, {n_params:,} weights) on {name} "
@@ -216,30 +226,45 @@ def build_parser():
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--lr", type=_positive_float, help="peak learning rate of the one-cycle schedule")
     t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd")
-    t.add_argument("--weight-decay", type=float, default=5e-4, help="not applied to norm parameters and biases")
+    t.add_argument("--weight-decay", type=_nonnegative_float, default=5e-4,
+                   help="not applied to norm parameters and biases")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     t.add_argument("--out", type=os.path.expanduser, default="runs/latest",
                    help="folder for metrics, curves and checkpoints")
     t.add_argument("--resume", type=os.path.expanduser, metavar="PATH",
                    help="continue the run saved in this checkpoint.npz")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_int, default=0)
     t.add_argument("--no-progress", dest="progress", action="store_false", help="one line per epoch, no bar")
     sub.add_parser("info", help="versions, the GPU, and whether the kernels compile there")
     return parser
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+def _number(text, kind, ok, expected):
+    """``kind(text)`` if ``ok`` of it, else an ArgumentTypeError that argparse prefixes with the flag's name
+    (a ValueError would come out as "invalid <function name> value")."""
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _positive_int(text):
+    return _number(text, int, lambda v: v >= 1, "an integer >= 1")
+
+
+def _int(text):
+    return _number(text, int, lambda v: True, "an integer")
 
 
 def _positive_float(text):
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+    return _number(text, float, lambda v: 0 < v < float("inf"), "a positive number")
+
+
+def _nonnegative_float(text):
+    return _number(text, float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
 def main(argv=None):
@@ -251,7 +276,7 @@ def main(argv=None):
     if args.command == "train":
         try:
             cmd_train(args)
-        except (ValueError, FileNotFoundError, RuntimeError) as e:
+        except (ValueError, OSError, RuntimeError) as e:   # bad data, paths or checkpoints: one line, no traceback
             print(f"cubn train: error: {e}", file=sys.stderr)
             return 2
         return 0

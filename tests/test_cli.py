@@ -57,8 +57,8 @@ def test_resume_continues_the_run(tmp_path, monkeypatch):
     (["--data", "mnist"], "needs a folder"),
     (["--data", "imagenet"], "--data must be"),
     (["--norm", "batch"], "invalid choice"),
-    (["--epochs", "0"], "must be an integer >= 1"),
-    (["--lr", "-1"], "must be a positive number"),
+    (["--epochs", "0"], "argument --epochs: expected an integer >= 1"),
+    (["--lr", "-1"], "argument --lr: expected a positive number"),
 ])
 def test_bad_arguments(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -90,3 +90,42 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"cubn {cubn.__version__}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "two"], "argument --epochs: expected an integer >= 1, got 'two'"),
+    (["train", "--seed", "x"], "argument --seed: expected an integer, got 'x'"),
+    (["train", "--weight-decay", "-1"], "argument --weight-decay: expected a number >= 0, got '-1'"),
+    (["train", "--lr", "0"], "argument --lr: expected a positive number, got '0'"),
+])
+def test_flag_errors_name_the_flag(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and "_int" not in err and "_float" not in err, err
+
+
+def test_path_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "bad.npz").write_text("not a checkpoint")
+    for argv, message in [(["--resume", str(tmp_path)], f"--resume {tmp_path}: Is a directory"),
+                          (["--resume", str(tmp_path / "missing.npz")], "No such file"),
+                          (["--resume", str(tmp_path / "bad.npz")], "not a cubn save file"),
+                          (["--out", str(tmp_path / "file")], "is a file, not a folder"),
+                          (["--out", str(tmp_path / "file" / "sub")], "Not a directory")]:
+        assert cli.main(["train", "--epochs", "1", "--no-progress", "--out", str(out), *argv]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("cubn train: error:") and message in err[0], (argv, err)
+        assert not out.exists(), f"{argv} wrote to --out before failing"
+
+
+def test_checkpoint_of_another_model_is_refused_before_writing(tmp_path, capsys):
+    first = tmp_path / "gn"
+    assert cli.main(["train", "--epochs", "1", "--no-progress", "--norm", "gn", "--out", str(first)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "bn"
+    assert cli.main(["train", "--epochs", "2", "--no-progress", "--out", str(out),
+                     "--resume", str(first / "checkpoint.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cubn train: error: --resume {first / 'checkpoint.npz'}:") and not out.exists(), err
