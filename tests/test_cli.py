@@ -129,3 +129,28 @@ def test_checkpoint_of_another_model_is_refused_before_writing(tmp_path, capsys)
                      "--resume", str(first / "checkpoint.npz")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"cubn train: error: --resume {first / 'checkpoint.npz'}:") and not out.exists(), err
+
+
+def test_saved_model_scores_what_the_run_reported(tmp_path, capsys):
+    """model.npz carries the input standardization: loaded, it scores the run's test accuracy on raw images."""
+    from cubn import models, train
+    from cubn.data import DataLoader, load_digits
+    out = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "2", "--no-progress", "--norm", "gn", "--out", str(out)]) == 0
+    reported = json.loads((out / "metrics.json").read_text())[-1]["val_accuracy"]
+    model, prepare = models.load_model(out / "model.npz")
+    x, y = load_digits("test")
+    assert not model.training
+    _, accuracy = train.evaluate(model, DataLoader(prepare(x), y, 512))
+    assert accuracy == pytest.approx(reported, abs=1e-6) and accuracy > 0.5
+    capsys.readouterr()
+    assert cli.main(["eval", "--model-file", str(out / "model.npz")]) == 0
+    assert f"accuracy {reported:.4f}" in capsys.readouterr().out
+
+
+def test_eval_refuses_what_is_not_a_model_file(tmp_path, capsys):
+    assert cli.main(["train", "--epochs", "1", "--no-progress", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--model-file", str(tmp_path / "checkpoint.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cubn eval: error: --model-file") and "not a cubn model file" in err, err

@@ -30,3 +30,12 @@ def test_training_from_python_runs_and_resumes(tmp_path, monkeypatch):
     history = namespace["history"]
     assert len(history["val_accuracy"]) == 10 and history["val_accuracy"][-1] > 0.95, history["val_accuracy"]
     assert (tmp_path / "run.npz").is_file()
+
+
+def test_loading_a_saved_model_runs(tmp_path, monkeypatch):
+    from cubn import cli
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--epochs", "1", "--no-progress"]) == 0     # writes runs/latest/model.npz
+    namespace = {}
+    exec(compile(python_block_after("`cubn eval` scores that file"), "README.md (load_model)", "exec"), namespace)
+    assert namespace["accuracy"] > 0.5

@@ -1,11 +1,13 @@
 """Ready-made models; each takes ``norm=`` ("bn", "brn", "gn", "ln", "in", "rms", "none") to swap the
 normalization everywhere (see ``cubn.models.norms`` for what each maps to).
 
-``create(name, in_channels, num_classes, image_size, norm)`` builds one by name, as the CLI does.
+``create(name, in_channels, num_classes, image_size, norm)`` builds one by name, as the CLI does;
+``save_model`` / ``load_model`` keep a trained one with the input standardization it needs.
 """
 from .mlp import MLP
 from .norms import NORMS, ChannelRMSNorm, norm_layer
 from .resnet import BasicBlock, ResNet, resnet20
+from .saved import load_model, save_model
 from .vgg import VGG, small_cnn
 
 MODELS = ("cnn", "vgg", "resnet20", "mlp")
@@ -33,7 +35,9 @@ __all__ = [
     "ChannelRMSNorm",
     "ResNet",
     "create",
+    "load_model",
     "norm_layer",
     "resnet20",
+    "save_model",
     "small_cnn",
 ]
