@@ -3,7 +3,7 @@
     cubn train [--model cnn|vgg|resnet20|mlp] [--norm bn|brn|gn|ln|in|rms|none]
                [--data digits|mnist:DIR|cifar10:DIR|synthetic] [--epochs N] [--batch-size B] [--lr LR]
                [--optimizer sgd|adam|adamw] [--weight-decay WD] [--device auto|cpu|cuda]
-               [--out DIR] [--resume PATH] [--seed S] [--no-progress]
+               [--out DIR] [--resume PATH [--override]] [--seed S] [--no-progress]
     cubn eval [--model-file runs/latest/model.npz] [--data digits|mnist:DIR|cifar10:DIR] [--device ...]
     cubn info
     cubn --version
@@ -25,6 +25,7 @@ import sys
 import numpy
 
 from . import __version__, backend, models, optim, random, train
+from .serialization import load
 from .data import (
     Compose,
     DataLoader,
@@ -75,6 +76,85 @@ def input_stats(train_images):
     return train_images.mean(axis=(0, 2, 3), keepdims=True), train_images.std(axis=(0, 2, 3), keepdims=True) + 1e-6
 
 
+# The options that make a run: stored in its checkpoints, and what --resume continues with
+RUN_OPTIONS = {"model": "--model", "norm": "--norm", "data": "--data", "batch_size": "--batch-size", "lr": "--lr",
+               "optimizer": "--optimizer", "weight_decay": "--weight-decay", "seed": "--seed"}
+
+
+class OneCycles(optim.lr_scheduler.LRScheduler):
+    """One-cycle schedules back to back, cycle k over ``cycle_steps[k]`` steps, each from max_lr/25 up to
+    ``max_lr`` and down. A run extended past its schedule gets a cycle of its own for the extra epochs:
+    a warm restart from about where the last cycle's final epoch began, not a jump into the middle of
+    a re-planned cycle."""
+
+    def __init__(self, optimizer, max_lr, cycle_steps):
+        self.cycles = [optim.lr_scheduler.OneCycleLR(optimizer, max_lr, steps) for steps in cycle_steps]
+        self.starts = [sum(cycle_steps[:k]) for k in range(len(cycle_steps))]
+        super().__init__(optimizer)
+
+    def lr_at(self, t):
+        k = max(i for i, start in enumerate(self.starts) if start <= t)   # cycle k's step 0 is its first
+        return self.cycles[k].lr_at(t - self.starts[k])
+
+
+def run_options(args, log):
+    """(options, cycles, epochs) of a run: the given flags, else the data set's defaults; on --resume,
+    the options stored in the checkpoint, which a flag given again must equal unless --override."""
+    given = {key: getattr(args, key) for key in RUN_OPTIONS}
+    given["data"] = None if given["data"] is None else list(given["data"])
+    stored, done = None, 0
+    if args.resume:
+        saved = read_checkpoint(args.resume)
+        stored, done = (saved.get("meta") or {}).get("run"), saved["epoch"]
+        if stored is None:
+            log(f"note: {args.resume} holds no run options (an older cubn): using the options given now")
+    if stored is not None:
+        for key, flag in RUN_OPTIONS.items():
+            if given[key] is not None and given[key] != stored[key] and not args.override:
+                raise ValueError(f"{flag} {show(given[key])} differs from the resumed run's {flag} "
+                                 f"{show(stored[key])}; leave it out to continue the run, or pass --override")
+        options = {key: stored[key] if given[key] is None else given[key] for key in RUN_OPTIONS}
+        cycles = list(stored["cycles"])
+    else:
+        data = given["data"] or ["digits", None]
+        defaults = DATA_DEFAULTS[data[0]]
+        optimizer = given["optimizer"] or "sgd"
+        options = {"model": given["model"] or defaults["model"], "norm": given["norm"] or "bn", "data": data,
+                   "batch_size": given["batch_size"] or defaults["batch_size"],
+                   "lr": given["lr"] or (defaults["lr"] if optimizer == "sgd" else 1e-3), "optimizer": optimizer,
+                   "weight_decay": 5e-4 if given["weight_decay"] is None else given["weight_decay"],
+                   "seed": 0 if given["seed"] is None else given["seed"]}
+        cycles = None
+    planned = sum(cycles) if cycles else None
+    epochs = args.epochs or planned or DATA_DEFAULTS[options["data"][0]]["epochs"]
+    if epochs < done:
+        raise ValueError(f"--epochs {epochs}: the resumed run has already done {done} epochs")
+    if cycles is None:
+        cycles = [epochs]
+    elif epochs > planned:
+        cycles.append(epochs - planned)
+        log(f"extending the run from {planned} to {epochs} epochs: epochs {planned + 1}-{epochs} get a one-cycle "
+            f"schedule of their own (lr {options['lr'] / 25:g} -> {options['lr']:g} -> {options['lr'] / 25e4:g})")
+    return options, cycles, epochs
+
+
+def show(value):
+    return ":".join(str(v) for v in value if v is not None) if isinstance(value, list) else str(value)
+
+
+def read_checkpoint(path):
+    """The checkpoint at ``path`` as cubn.load reads it; errors name --resume."""
+    try:
+        saved = load(path)
+    except OSError as e:
+        raise ValueError(f"--resume {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ValueError(f"--resume {path}: {e}") from None
+    if not isinstance(saved, dict) or saved.get("format") != "cubn-checkpoint":
+        raise ValueError(f"--resume {path}: not a cubn training checkpoint")
+    return saved
+
+
 def make_optimizer(name, model, lr, weight_decay):
     groups = optim.weight_decay_groups(model, weight_decay)
     if name == "sgd":
@@ -118,42 +198,37 @@ def plot_curves(history, path, title):
 
 
 def cmd_train(args, log=print):
-    name, folder = args.data
-    defaults = DATA_DEFAULTS[name]
-    model_name = args.model or defaults["model"]
-    epochs = args.epochs or defaults["epochs"]
-    batch_size = args.batch_size or defaults["batch_size"]
-    lr = args.lr or (defaults["lr"] if args.optimizer == "sgd" else 1e-3)
+    options, cycles, epochs = run_options(args, log)
+    (name, folder), model_name, norm = options["data"], options["model"], options["norm"]
+    batch_size, lr, seed = options["batch_size"], options["lr"], options["seed"]
     device = ("cuda" if backend.has_gpu() else "cpu") if args.device == "auto" else backend.check_device(args.device)
 
     (x_train, y_train), (x_test, y_test), augment = load_data(name, folder)
     mean, std = input_stats(x_train)      # saved in model.npz: models.load_model gives them back
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    random.manual_seed(args.seed)
-    architecture = {"name": model_name, "norm": args.norm, "in_channels": int(x_train.shape[1]),
+    random.manual_seed(seed)
+    architecture = {"name": model_name, "norm": norm, "in_channels": int(x_train.shape[1]),
                     "num_classes": int(y_train.max()) + 1, "image_size": [int(s) for s in x_train.shape[2:]]}
     model = models.create(**architecture)
     model.to(device)
     train_loader = DataLoader(x_train, y_train, batch_size, shuffle=True, drop_last=len(x_train) > batch_size,
-                              seed=args.seed, device=device, augment=augment)
+                              seed=seed, device=device, augment=augment)
     test_loader = DataLoader(x_test, y_test, 512, device=device)
-    optimizer = make_optimizer(args.optimizer, model, lr, args.weight_decay)
-    scheduler = optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(train_loader))
+    optimizer = make_optimizer(options["optimizer"], model, lr, options["weight_decay"])
+    scheduler = OneCycles(optimizer, lr, [c * len(train_loader) for c in cycles])
 
     if args.resume:       # a checkpoint that cannot resume this model is refused before --out is touched
         try:
             train.load_checkpoint(args.resume, models.create(**architecture))
-        except OSError as e:
-            raise ValueError(f"--resume {args.resume}: {e.strerror or e}") from None
         except ValueError as e:
             raise ValueError(f"--resume {args.resume}: {e}") from None
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out} is a file, not a folder")
     os.makedirs(args.out, exist_ok=True)
     n_params = sum(int(p.data.size) for p in model.parameters())
-    log(f"cubn {__version__}: {model_name} (norm={args.norm}, {n_params:,} weights) on {name} "
+    log(f"cubn {__version__}: {model_name} (norm={norm}, {n_params:,} weights) on {name} "
         f"({len(x_train)} train / {len(x_test)} test images {tuple(x_train.shape[1:])}), device {device}, "
-        f"{epochs} epochs of batch {batch_size}, {args.optimizer} lr {lr} one-cycle")
+        f"{epochs} epochs of batch {batch_size}, {options['optimizer']} lr {lr} one-cycle")
 
     def report(epoch, history):
         write_metrics(history, args.out)
@@ -164,9 +239,11 @@ def cmd_train(args, log=print):
 
     history = train.fit(model, train_loader, optimizer, epochs, val_loader=test_loader, scheduler=scheduler,
                         scheduler_interval="batch", checkpoint=os.path.join(args.out, "checkpoint.npz"),
-                        resume=args.resume, progress=args.progress, on_epoch_end=report)
+                        resume=args.resume, progress=args.progress, on_epoch_end=report,
+                        meta={"run": {**options, "cycles": cycles}})
+    write_metrics(history, args.out)      # also when a resumed run had no epoch left to do
     models.save_model(os.path.join(args.out, "model.npz"), model, architecture, mean, std)
-    png = plot_curves(history, os.path.join(args.out, "curves.png"), f"{model_name} norm={args.norm} on {name}")
+    png = plot_curves(history, os.path.join(args.out, "curves.png"), f"{model_name} norm={norm} on {name}")
     accuracy = history["val_accuracy"][-1] if history["val_accuracy"] else float("nan")
     log(f"test accuracy {accuracy:.4f} after {len(history['epoch'])} epochs, "
         f"{sum(history['seconds']):.1f} s of training; wrote {args.out}/metrics.csv, metrics.json, checkpoint.npz, "
@@ -237,20 +314,23 @@ def build_parser():
     sub = parser.add_subparsers(dest="command")
     t = sub.add_parser("train", help="train a model (defaults: a small BatchNorm CNN on the shipped digits)")
     t.add_argument("--model", choices=models.MODELS, help="default: cnn for digits/mnist, resnet20 for cifar10/synthetic")
-    t.add_argument("--norm", choices=models.NORMS, default="bn")
-    t.add_argument("--data", type=parse_data, default=("digits", None), metavar="digits|mnist:DIR|cifar10:DIR|synthetic")
+    t.add_argument("--norm", choices=models.NORMS, help="default: bn")
+    t.add_argument("--data", type=parse_data, metavar="digits|mnist:DIR|cifar10:DIR|synthetic", help="default: digits")
     t.add_argument("--epochs", type=_positive_int)
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--lr", type=_positive_float, help="peak learning rate of the one-cycle schedule")
-    t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd")
-    t.add_argument("--weight-decay", type=_nonnegative_float, default=5e-4,
-                   help="not applied to norm parameters and biases")
+    t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="default: sgd")
+    t.add_argument("--weight-decay", type=_nonnegative_float,
+                   help="default 5e-4; not applied to norm parameters and biases")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     t.add_argument("--out", type=os.path.expanduser, default="runs/latest",
                    help="folder for metrics, curves and checkpoints")
     t.add_argument("--resume", type=os.path.expanduser, metavar="PATH",
-                   help="continue the run saved in this checkpoint.npz")
-    t.add_argument("--seed", type=_int, default=0)
+                   help="continue the run saved in this checkpoint.npz, with its stored options; --epochs "
+                        "beyond its schedule extends it")
+    t.add_argument("--override", action="store_true",
+                   help="with --resume: let the options given now replace the stored ones")
+    t.add_argument("--seed", type=_int, help="default: 0")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="one line per epoch, no bar")
     e = sub.add_parser("eval", help="test accuracy of a saved model.npz on its data set's test split")
     e.add_argument("--model-file", type=os.path.expanduser, default="runs/latest/model.npz", metavar="PATH")

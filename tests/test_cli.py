@@ -120,15 +120,42 @@ def test_path_errors_are_one_line_and_write_nothing(tmp_path, capsys):
         assert not out.exists(), f"{argv} wrote to --out before failing"
 
 
-def test_checkpoint_of_another_model_is_refused_before_writing(tmp_path, capsys):
+def test_resume_continues_the_stored_run_and_refuses_changes(tmp_path, capsys):
+    from cubn import serialization
     first = tmp_path / "gn"
-    assert cli.main(["train", "--epochs", "1", "--no-progress", "--norm", "gn", "--out", str(first)]) == 0
+    assert cli.main(["train", "--epochs", "2", "--no-progress", "--norm", "gn", "--batch-size", "32", "--lr", "0.05",
+                     "--seed", "3", "--out", str(first)]) == 0
+    ckpt = first / "checkpoint.npz"
+    run = serialization.load(ckpt)["meta"]["run"]
+    assert run == {"model": "cnn", "norm": "gn", "data": ["digits", None], "batch_size": 32, "lr": 0.05,
+                   "optimizer": "sgd", "weight_decay": 5e-4, "seed": 3, "cycles": [2]}, run
     capsys.readouterr()
     out = tmp_path / "bn"
-    assert cli.main(["train", "--epochs", "2", "--no-progress", "--out", str(out),
-                     "--resume", str(first / "checkpoint.npz")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"cubn train: error: --resume {first / 'checkpoint.npz'}:") and not out.exists(), err
+    for argv, message in [(["--norm", "bn"], "--norm bn differs from the resumed run's --norm gn"),
+                          (["--lr", "0.1"], "--lr 0.1 differs from the resumed run's --lr 0.05"),
+                          (["--epochs", "1"], "--epochs 1: the resumed run has already done 2 epochs"),
+                          (["--norm", "bn", "--override"], f"--resume {ckpt}: ")]:   # then the model differs
+        assert cli.main(["train", "--no-progress", "--out", str(out), "--resume", str(ckpt), *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("cubn train: error: ") and message in err and not out.exists(), (argv, err)
+    # no options given: the stored ones, and the same run (its two epochs are done)
+    assert cli.main(["train", "--no-progress", "--out", str(out), "--resume", str(ckpt)]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((first / "metrics.json").read_text())
+
+
+def test_more_epochs_extend_the_run_with_a_cycle_of_their_own(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "2", "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--epochs", "4", "--no-progress", "--out", str(out),
+                     "--resume", str(out / "checkpoint.npz")]) == 0
+    assert "extending the run from 2 to 4 epochs: epochs 3-4 get a one-cycle schedule of their own" in \
+        capsys.readouterr().out
+    lrs = [row["lr"] for row in json.loads((out / "metrics.json").read_text())]
+    assert len(lrs) == 4 and lrs[2] == pytest.approx(0.1 / 25) and lrs[3] > lrs[2], lrs   # a warm restart
+    from cubn import serialization
+    assert serialization.load(out / "checkpoint.npz")["meta"]["run"]["cycles"] == [2, 2]
+
 
 
 def test_saved_model_scores_what_the_run_reported(tmp_path, capsys):

@@ -8,7 +8,8 @@ Contents (``cubn.save``'s format: arrays plus a JSON tree, read back with ``allo
      "scheduler": scheduler.state_dict() or None,
      "loaders": {"train": {"seed", "epoch"}, "val": ... or None},
      "random": cubn.random.get_state(),  (the generator behind initialization and Dropout)
-     "history": the history so far}
+     "history": the history so far,
+     "meta": what the caller passed as meta (``cubn train``: the run's options), or None}
 """
 from .. import random
 from ..serialization import load, save
@@ -16,14 +17,14 @@ from ..serialization import load, save
 FORMAT, VERSION = "cubn-checkpoint", 1
 
 
-def save_checkpoint(path, model, optimizer, scheduler=None, loaders=None, epoch=0, history=None):
+def save_checkpoint(path, model, optimizer, scheduler=None, loaders=None, epoch=0, history=None, meta=None):
     """Write a checkpoint to ``path`` atomically (a crash mid-write keeps the previous file)."""
     loaders = loaders or {}
     save({"format": FORMAT, "version": VERSION, "epoch": int(epoch),
           "model": model.state_dict(), "optimizer": optimizer.state_dict(),
           "scheduler": None if scheduler is None else scheduler.state_dict(),
           "loaders": {name: None if loader is None else loader.state_dict() for name, loader in loaders.items()},
-          "random": random.get_state(), "history": history or {}}, path)
+          "random": random.get_state(), "history": history or {}, "meta": meta}, path)
 
 
 def load_checkpoint(path, model, optimizer=None, scheduler=None, loaders=None):

@@ -124,7 +124,7 @@ def _show(bar, totals, start):
 
 
 def fit(model, train_loader, optimizer, epochs, val_loader=None, scheduler=None, loss_fn=None,
-        scheduler_interval="epoch", checkpoint=None, resume=None, progress=True, on_epoch_end=None):
+        scheduler_interval="epoch", checkpoint=None, resume=None, progress=True, on_epoch_end=None, meta=None):
     """Train ``model`` for ``epochs`` epochs and return the history, a dict of lists (one entry per epoch):
 
     ``epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds, images_per_s`` (accuracy entries
@@ -140,6 +140,8 @@ def fit(model, train_loader, optimizer, epochs, val_loader=None, scheduler=None,
         (on the CPU bit for bit; on the GPU too for models without Dropout).
     progress: show a tqdm progress bar with loss, accuracy and images/s.
     on_epoch_end: optional ``callback(epoch, history)`` after each epoch's checkpoint.
+    meta: anything ``cubn.save`` stores (dicts, lists, numbers, strings), kept in every checkpoint
+        under "meta" (``cubn train`` keeps the run's options there).
     """
     _check_fit_args(model, train_loader, optimizer, epochs, scheduler_interval)
     loss_fn = loss_fn or F.cross_entropy
@@ -168,7 +170,7 @@ def fit(model, train_loader, optimizer, epochs, val_loader=None, scheduler=None,
         for key, value in zip(HISTORY_KEYS, row):
             history[key].append(value)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, loaders, epoch + 1, history)
+            save_checkpoint(checkpoint, model, optimizer, scheduler, loaders, epoch + 1, history, meta)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, history)
     return history
