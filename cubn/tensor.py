@@ -237,9 +237,14 @@ class Tensor:
     def __ge__(self, other): return _math().compare(self, other, "ge")
     __hash__ = object.__hash__
 
-    def sum(self, axis=None, keepdims=False): return _math().sum(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return _math().mean(self, axis, keepdims)
-    def max(self, axis=None, keepdims=False): return _math().max(self, axis, keepdims)
+    # reductions take torch's dim=/keepdim= (numpy's axis=/keepdims= as aliases); max/min along a dim
+    # return (values, indices) as torch's do
+    def sum(self, *args, **kwargs): return _math().sum(self, *args, **kwargs)
+    def mean(self, *args, **kwargs): return _math().mean(self, *args, **kwargs)
+    def max(self, *args, **kwargs): return _math().max(self, *args, **kwargs)
+    def min(self, *args, **kwargs): return _math().min(self, *args, **kwargs)
+    def amax(self, *args, **kwargs): return _math().amax(self, *args, **kwargs)
+    def amin(self, *args, **kwargs): return _math().amin(self, *args, **kwargs)
     def reshape(self, *shape): return _math().reshape(self, _shape_arg(shape))
     def view(self, *shape): return _math().reshape(self, _shape_arg(shape))
     def transpose(self, dim0, dim1): return _math().swapdims(self, dim0, dim1)   # torch's: swap two dims
@@ -251,8 +256,8 @@ class Tensor:
     def relu(self): return _math().relu(self)
     def sigmoid(self): return _math().sigmoid(self)
     def tanh(self): return _math().tanh(self)
-    def softmax(self, axis=-1): return _math().softmax(self, axis)
-    def log_softmax(self, axis=-1): return _math().log_softmax(self, axis)
+    def softmax(self, *args, **kwargs): return _math().softmax(self, *args, **kwargs)
+    def log_softmax(self, *args, **kwargs): return _math().log_softmax(self, *args, **kwargs)
     def argmax(self, axis=None): return Tensor(self.data.argmax(axis=axis))
 
 

@@ -264,19 +264,41 @@ def test_sigmoid_is_stable_for_large_inputs(device):
 
 
 # ---- reductions ---------------------------------------------------------------------
-@pytest.mark.parametrize("op", ["sum", "mean", "max"])
+@pytest.mark.parametrize("op", ["sum", "mean", "amax", "amin"])
 @pytest.mark.parametrize("axis", [None, 0, -1, (0, 2)])
 @pytest.mark.parametrize("keepdims", [False, True])
-def test_reductions(device, op, axis, keepdims):
+@pytest.mark.parametrize("spelling", ["torch", "numpy"])
+def test_reductions(device, op, axis, keepdims, spelling):
+    """dim=/keepdim= (torch's names) and axis=/keepdims= (numpy's, kept as aliases) give the same."""
     x = rng().permutation(24).reshape(2, 3, 4) / 7.0  # distinct values: no ties in max
-    gradcheck(device, lambda t: getattr(t, op)(axis=axis, keepdims=keepdims), x)
-    out = getattr(leaf(x, device), op)(axis=axis, keepdims=keepdims)
+    kw = {"dim": axis, "keepdim": keepdims} if spelling == "torch" else {"axis": axis, "keepdims": keepdims}
+    gradcheck(device, lambda t: getattr(t, op)(**kw), x)
+    out = getattr(leaf(x, device), op)(**kw)
     numpy.testing.assert_allclose(out.numpy(), getattr(numpy, op)(x, axis=axis, keepdims=keepdims))
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_max_min_along_a_dim_give_values_and_indices(device, op, keepdim):
+    x = rng().permutation(24).reshape(2, 3, 4) / 7.0
+    t = leaf(x, device)
+    assert getattr(t, op)().numpy() == getattr(numpy, op)(x)          # no dim: one value, as torch
+    values, indices = getattr(t, op)(1, keepdim=keepdim)
+    pair = getattr(t, op)(dim=1, keepdim=keepdim)
+    assert pair.values.numpy().tolist() == values.numpy().tolist() and pair.indices is not None
+    want = getattr(numpy, "arg" + op)(x, axis=1)
+    assert indices.dtype == numpy.int64
+    assert indices.numpy().tolist() == (numpy.expand_dims(want, 1) if keepdim else want).tolist()
+    gradcheck(device, lambda u: getattr(u, op)(dim=-1).values, x)
+    with pytest.raises(TypeError, match=f"a{op} reduces several"):
+        getattr(t, op)(dim=(0, 1))
+    with pytest.raises(TypeError, match="not both"):
+        getattr(t, op)(dim=0, axis=0)
 
 
 def test_max_splits_gradient_among_ties(device):
     x = leaf([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]], device)
-    x.max(axis=1).backward(to_dev([6.0, 3.0], device))
+    x.amax(dim=1).backward(to_dev([6.0, 3.0], device))
     numpy.testing.assert_allclose(backend.to_numpy(x.grad), [[0, 3, 3], [1, 1, 1]])
 
 

@@ -113,3 +113,33 @@ def test_shape_ops_follow_torch(name, shape):
     yc, yt = SHAPE_OPS[name](xc), SHAPE_OPS[name](xt)
     assert yc.shape == tuple(yt.shape), f"{name} of {shape}: {yc.shape} vs torch {tuple(yt.shape)}"
     close(yc, yt)
+
+
+REDUCTIONS = {"sum(dim=1)": lambda t: t.sum(dim=1), "sum((0,2), keepdim)": lambda t: t.sum((0, 2), keepdim=True),
+              "mean(-1)": lambda t: t.mean(-1), "amax(dim=(0,1))": lambda t: t.amax(dim=(0, 1)),
+              "amin(2)": lambda t: t.amin(2), "max()": lambda t: t.max(), "min()": lambda t: t.min(),
+              "max(1).values": lambda t: t.max(1).values, "min(dim=0, keepdim).values":
+                  lambda t: t.min(dim=0, keepdim=True).values,
+              "softmax(dim=1)": lambda t: t.softmax(dim=1), "log_softmax(0)": lambda t: t.log_softmax(0)}
+
+
+@pytest.mark.parametrize("name", REDUCTIONS)
+def test_reductions_follow_torch(name):
+    x = numpy.random.default_rng(2).permutation(24).reshape(2, 3, 4) / 7.0
+    (xc, xt), dy_seed = pair(x), numpy.random.default_rng(3)
+    yc, yt = REDUCTIONS[name](xc), REDUCTIONS[name](xt)
+    assert yc.shape == tuple(yt.shape), f"{name}: {yc.shape} vs torch {tuple(yt.shape)}"
+    close(yc, yt)
+    dy = dy_seed.standard_normal(yc.shape)
+    yc.backward(dy)
+    yt.backward(torch.tensor(dy))
+    close(xc.grad, xt.grad)
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_max_min_indices_follow_torch(op):
+    x = numpy.random.default_rng(4).permutation(24).reshape(2, 3, 4).astype(numpy.float64)
+    for dim, keepdim in ((0, False), (1, True), (-1, False)):
+        c, t = getattr(cubn.tensor(x), op)(dim, keepdim), getattr(torch.tensor(x), op)(dim, keepdim)
+        assert c.indices.numpy().tolist() == t.indices.numpy().tolist()
+        assert c.values.numpy().tolist() == t.values.numpy().tolist()

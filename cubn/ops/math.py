@@ -11,6 +11,7 @@ Conventions:
 - Axis arguments take an int, a tuple of ints or None (all axes); negative axes count from the end.
 - ``max`` splits the gradient evenly among tied maxima (``torch.amax``'s rule).
 """
+import collections
 import math as _pymath
 import numbers
 import operator
@@ -277,22 +278,73 @@ class Max(Function):
         return _expand(grad, self.x.shape, self.axes) * is_max / ties
 
 
-def sum(x, axis=None, keepdims=False):
+def _dim(fn, dim, keepdim, axis, keepdims):
+    """(dim, keepdim, the name the caller used): PyTorch's ``dim``/``keepdim``, with NumPy's
+    ``axis``/``keepdims`` accepted as aliases."""
+    if axis is not None:
+        if dim is not None:
+            raise TypeError(f"{fn}: give dim or its alias axis, not both")
+        return axis, bool(keepdim if keepdims is None else keepdims), "axis"
+    return dim, bool(keepdim if keepdims is None else keepdims), "dim"
+
+
+def sum(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    """Sum over ``dim`` (an int, a tuple or None for all), as ``torch.sum``."""
     x = as_tensor(x)
-    return Sum.apply(x, axes=_axes(axis, x.ndim), keepdims=keepdims)
+    dim, keepdim, name = _dim("sum", dim, keepdim, axis, keepdims)
+    return Sum.apply(x, axes=_axes(dim, x.ndim, name), keepdims=keepdim)
 
 
-def mean(x, axis=None, keepdims=False):
+def mean(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    """Mean over ``dim`` (an int, a tuple or None for all), as ``torch.mean``."""
     x = as_tensor(x)
-    return Mean.apply(x, axes=_axes(axis, x.ndim), keepdims=keepdims)
+    dim, keepdim, name = _dim("mean", dim, keepdim, axis, keepdims)
+    return Mean.apply(x, axes=_axes(dim, x.ndim, name), keepdims=keepdim)
 
 
-def max(x, axis=None, keepdims=False):
-    """Largest value over ``axis``; tied maxima share the gradient equally."""
+def amax(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    """Largest value over ``dim`` (an int, a tuple or None for all), as ``torch.amax``; tied maxima
+    share the gradient equally."""
     x = as_tensor(x)
+    dim, keepdim, name = _dim("amax", dim, keepdim, axis, keepdims)
     if x.size == 0:
-        raise ValueError(f"max of an empty tensor of shape {x.shape}")
-    return Max.apply(x, axes=_axes(axis, x.ndim), keepdims=keepdims)
+        raise ValueError(f"amax of an empty tensor of shape {x.shape}")
+    return Max.apply(x, axes=_axes(dim, x.ndim, name), keepdims=keepdim)
+
+
+def amin(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    """Smallest value over ``dim``, as ``torch.amin`` (-amax(-x): tied minima share the gradient)."""
+    return neg(amax(neg(x), dim, keepdim, axis=axis, keepdims=keepdims))
+
+
+# the (values, indices) pair that torch.max/torch.min return along a dim
+MaxMin = collections.namedtuple("MaxMin", ["values", "indices"])
+
+
+def _extreme(fn, extreme, arg, x, dim, keepdim, axis, keepdims):
+    x = as_tensor(x)
+    dim, keepdim, name = _dim(fn, dim, keepdim, axis, keepdims)
+    if dim is None:
+        return extreme(x)
+    if isinstance(dim, (tuple, list)):
+        raise TypeError(f"{fn} takes one {name} (then it returns values and indices); a{fn} reduces several")
+    (d,) = _axes(dim, x.ndim, name)
+    values = extreme(x, d, keepdim)
+    indices = getattr(x.data, arg)(axis=d)
+    if keepdim:
+        indices = backend.get_array_module(indices).expand_dims(indices, d)
+    return MaxMin(values, Tensor(indices.astype("int64")))
+
+
+def max(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    """As ``torch.max``: the largest value of x, or along ``dim`` the named pair (values, indices)
+    (the first index of the maximum; the gradient of values is shared among tied maxima)."""
+    return _extreme("max", amax, "argmax", x, dim, keepdim, axis, keepdims)
+
+
+def min(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    """As ``torch.min``: the smallest value of x, or along ``dim`` the named pair (values, indices)."""
+    return _extreme("min", amin, "argmin", x, dim, keepdim, axis, keepdims)
 
 
 # ---- shape ops ------------------------------------------------------------------
@@ -404,14 +456,16 @@ class Softmax(Function):
         return self.out * (grad - (grad * self.out).sum(axis=self.axis, keepdims=True))
 
 
-def softmax(x, axis=-1):
+def softmax(x, dim=-1, *, axis=None):
+    """Softmax along ``dim`` (``axis`` is an alias). torch.softmax has no default dim; -1 here."""
     x = as_tensor(x)
-    return Softmax.apply(x, axis=_one_axis(axis, x.ndim))
+    return Softmax.apply(x, axis=_one_axis(dim if axis is None else axis, x.ndim, "dim" if axis is None else "axis"))
 
 
-def log_softmax(x, axis=-1):
+def log_softmax(x, dim=-1, *, axis=None):
+    """log(softmax(x)) along ``dim`` (``axis`` is an alias), computed without forming softmax."""
     x = as_tensor(x)
-    return LogSoftmax.apply(x, axis=_one_axis(axis, x.ndim))
+    return LogSoftmax.apply(x, axis=_one_axis(dim if axis is None else axis, x.ndim, "dim" if axis is None else "axis"))
 
 
 class CrossEntropy(Function):
