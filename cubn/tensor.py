@@ -136,13 +136,39 @@ class Tensor:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.reshape(()).item()
 
+    # one-element tensors in Python expressions, as torch's: `if loss > 1:`, float(t), f"{t:.4f}"
+    def __bool__(self):
+        if self.data.size != 1:
+            raise RuntimeError(f"the truth value of a tensor of shape {self.shape} is ambiguous (use .any() or .all())")
+        return bool(self.item())
+
+    def __float__(self): return float(self.item())
+    def __int__(self): return int(self.item())
+
+    def __format__(self, spec):
+        if not spec:
+            return str(self)
+        if self.data.size != 1:
+            raise TypeError(f"format spec {spec!r} for a tensor of shape {self.shape}: only one-element tensors")
+        return format(self.item(), spec)
+
+    def numel(self): return int(self.data.size)
+    def dim(self): return self.data.ndim
+
     def tolist(self):
         return self.numpy().tolist()
 
-    def to(self, device):
-        """A tensor on ``device`` ('cpu' or 'cuda'). Differentiable, like torch's ``.to``."""
-        from .ops import math
-        return math.to_device(self, device)
+    def to(self, *args, dtype=None):
+        """``to(device)``, ``to(dtype)``, ``to(device, dtype)`` or ``to(dtype=...)``: a tensor on the device
+        ('cpu' or 'cuda') in the dtype. Differentiable, like torch's ``.to``."""
+        devices = [a for a in args if isinstance(a, str)]
+        dtypes = [a for a in args if not isinstance(a, str)] + ([dtype] if dtype is not None else [])
+        if len(devices) > 1 or len(dtypes) > 1:
+            raise TypeError(f"to() takes one device and one dtype, got {args!r} dtype={dtype!r}")
+        out = self
+        if dtypes:
+            out = _math().cast(out, dtypes[0])
+        return _math().to_device(out, devices[0]) if devices else out
 
     def cpu(self):
         return self.to("cpu")
@@ -153,6 +179,12 @@ class Tensor:
     def detach(self):
         """Same data, cut from the tape."""
         return Tensor(self.data)
+
+    def clone(self): return _math().cast(self, self.dtype)             # a copy, on the tape
+    def float(self): return _math().cast(self, numpy.float32)
+    def double(self): return _math().cast(self, numpy.float64)
+    def half(self): return _math().cast(self, numpy.float16)
+    def long(self): return _math().cast(self, numpy.int64)
 
     def requires_grad_(self, flag=True):
         if flag and self.dtype.kind != "f":
@@ -250,6 +282,10 @@ class Tensor:
     def transpose(self, dim0, dim1): return _math().swapdims(self, dim0, dim1)   # torch's: swap two dims
     def permute(self, *axes): return _math().transpose(self, _shape_arg(axes))
     def flatten(self, start_dim=0, end_dim=-1): return _math().flatten(self, start_dim, end_dim)
+    def abs(self): return _math().abs(self)
+    def clamp(self, min=None, max=None): return _math().clamp(self, min, max)
+    def unsqueeze(self, dim): return _math().unsqueeze(self, dim)
+    def squeeze(self, dim=None): return _math().squeeze(self, dim)
     def exp(self): return _math().exp(self)
     def log(self): return _math().log(self)
     def sqrt(self): return _math().sqrt(self)
@@ -258,7 +294,7 @@ class Tensor:
     def tanh(self): return _math().tanh(self)
     def softmax(self, *args, **kwargs): return _math().softmax(self, *args, **kwargs)
     def log_softmax(self, *args, **kwargs): return _math().log_softmax(self, *args, **kwargs)
-    def argmax(self, axis=None): return Tensor(self.data.argmax(axis=axis))
+    def argmax(self, dim=None, keepdim=False): return _math().argmax(self, dim, keepdim)
 
 
 def _math():

@@ -230,6 +230,72 @@ class Tanh(Function):
     def backward(self, grad): return grad * (1 - self.out * self.out)
 
 
+class Abs(Function):
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.sign = xp.sign(x)
+        return xp.abs(x)
+
+    def backward(self, grad): return grad * self.sign     # 0 at x == 0, as torch's
+
+
+class Clamp(Function):
+    def forward(self, x, low, high):
+        xp = backend.get_array_module(x)
+        self.inside = xp.ones(x.shape, bool)
+        if low is not None:
+            self.inside &= x >= low
+        if high is not None:
+            self.inside &= x <= high
+        return xp.clip(x, low, high)
+
+    def backward(self, grad): return grad * self.inside    # torch's: through where low <= x <= high
+
+
+class Cast(Function):
+    def forward(self, x, dtype):
+        self.source = x.dtype
+        return x.astype(dtype, copy=True)
+
+    def backward(self, grad): return grad.astype(self.source)
+
+
+def abs(x): return Abs.apply(x)
+
+
+def clamp(x, min=None, max=None):
+    """``torch.clamp``: values below ``min`` become min, above ``max`` max (either may be None)."""
+    if min is None and max is None:
+        raise ValueError("clamp needs min or max")
+    return Clamp.apply(x, low=_python_scalar(min) if min is not None else None,
+                       high=_python_scalar(max) if max is not None else None)
+
+
+def cast(x, dtype):
+    """A copy of ``x`` in ``dtype``: differentiable to a float dtype, cut from the tape to any other
+    (as torch's ``.float()`` / ``.long()``)."""
+    x = as_tensor(x)
+    dtype = numpy.dtype(dtype)
+    if dtype.kind != "f":
+        return Tensor(x.data.astype(dtype))
+    return Cast.apply(x, dtype=dtype)
+
+
+def unsqueeze(x, dim):
+    """``torch.unsqueeze``: a dimension of size 1 inserted at ``dim`` (in [-ndim - 1, ndim])."""
+    x = as_tensor(x)
+    (d,) = _axes(dim, x.ndim + 1, "dim")
+    return reshape(x, x.shape[:d] + (1,) + x.shape[d:])
+
+
+def squeeze(x, dim=None):
+    """``torch.squeeze``: dimensions of size 1 removed (all, or ``dim``; one not of size 1 stays)."""
+    x = as_tensor(x)
+    dims = range(x.ndim) if dim is None else _axes(dim, x.ndim, "dim")
+    drop = {d for d in dims if x.shape[d] == 1}
+    return reshape(x, tuple(n for d, n in enumerate(x.shape) if d not in drop))
+
+
 def neg(x): return Neg.apply(x)
 def exp(x): return Exp.apply(x)
 def log(x): return Log.apply(x)
@@ -334,6 +400,14 @@ def _extreme(fn, extreme, arg, x, dim, keepdim, axis, keepdims):
     if keepdim:
         indices = backend.get_array_module(indices).expand_dims(indices, d)
     return MaxMin(values, Tensor(indices.astype("int64")))
+
+
+def argmax(x, dim=None, keepdim=False):
+    """``torch.argmax``: the index of the first maximum (of the flattened tensor when dim is None)."""
+    x = as_tensor(x)
+    if dim is None:
+        return Tensor(backend.get_array_module(x.data).asarray(x.data.argmax(), dtype="int64"))
+    return _extreme("max", amax, "argmax", x, dim, keepdim, None, None).indices
 
 
 def max(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
@@ -519,6 +593,64 @@ def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0):
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
     return CrossEntropy.apply(logits, target, reduction=reduction, label_smoothing=float(label_smoothing))
+
+
+# ---- joining and selecting ---------------------------------------------------------
+class Cat(Function):
+    def forward(self, *xs, axis):
+        self.axis, self.sizes = axis, [x.shape[axis] for x in xs]
+        return backend.get_array_module(xs[0]).concatenate(xs, axis=axis)
+
+    def backward(self, grad):
+        xp = backend.get_array_module(grad)
+        return tuple(xp.split(grad, numpy.cumsum(self.sizes)[:-1].tolist(), axis=self.axis))
+
+
+def _joined(fn, tensors):
+    tensors = [as_tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError(f"{fn} needs at least one tensor")
+    return tensors
+
+
+def cat(tensors, dim=0):
+    """``torch.cat``: the tensors joined along an existing dimension ``dim``."""
+    tensors = _joined("cat", tensors)
+    (d,) = _axes(dim, tensors[0].ndim, "dim")
+    for t in tensors[1:]:
+        if t.ndim != tensors[0].ndim or t.shape[:d] + t.shape[d + 1:] != tensors[0].shape[:d] + tensors[0].shape[d + 1:]:
+            raise ValueError(f"cat along dim {dim}: shapes {tensors[0].shape} and {t.shape} differ elsewhere")
+    return Cat.apply(*tensors, axis=d)
+
+
+def stack(tensors, dim=0):
+    """``torch.stack``: the tensors (all of one shape) joined along a new dimension ``dim``."""
+    tensors = _joined("stack", tensors)
+    if any(t.shape != tensors[0].shape for t in tensors):
+        raise ValueError(f"stack needs tensors of one shape, got {[t.shape for t in tensors]}")
+    return cat([unsqueeze(t, dim) for t in tensors], dim)
+
+
+class Where(Function):
+    def forward(self, a, b, condition):
+        self.condition, self.shapes = condition, (a.shape, b.shape)
+        return backend.get_array_module(a).where(condition, a, b)
+
+    def backward(self, grad):
+        return (unbroadcast(grad * self.condition, self.shapes[0]),
+                unbroadcast(grad * ~self.condition, self.shapes[1]))
+
+
+def where(condition, input, other):
+    """``torch.where(condition, input, other)``: input where condition holds, else other (broadcast)."""
+    condition = condition.data if isinstance(condition, Tensor) else condition
+    a, b = _operands(input, other)
+    condition = backend.get_array_module(a.data).asarray(condition)
+    if condition.dtype != bool:
+        raise TypeError(f"where: condition must be a bool tensor, got dtype {condition.dtype}")
+    shape = numpy.broadcast_shapes(condition.shape, a.shape, b.shape)
+    xp = backend.get_array_module(a.data)
+    return Where.apply(a, b, condition=xp.broadcast_to(condition, shape))
 
 
 # ---- devices ---------------------------------------------------------------------
