@@ -142,3 +142,113 @@ def test_creation_follows_torch(torch):
         numpy.testing.assert_allclose(c.numpy(), t.numpy())
     assert bool(cubn.tensor([3.0]) > 1) == bool(torch.tensor([3.0]) > 1)
     assert f"{cubn.tensor(2.5):.3f}" == f"{torch.tensor(2.5):.3f}"
+
+
+# ---------------------------------------------------------------------------
+# Modules and helpers
+# ---------------------------------------------------------------------------
+class Net(cubn.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = cubn.nn.ModuleList([cubn.nn.Linear(4, 4), cubn.nn.Linear(4, 3)])
+        self.heads = cubn.nn.ModuleDict({"a": cubn.nn.Linear(3, 2)})
+        self.add_module("extra", cubn.nn.Linear(2, 2))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x).relu()
+        return self.extra(self.heads["a"](x))
+
+
+def test_module_containers_register_their_children():
+    net = Net()
+    assert [name for name, _ in net.named_parameters()] == [
+        "blocks.0.weight", "blocks.0.bias", "blocks.1.weight", "blocks.1.bias", "heads.a.weight", "heads.a.bias",
+        "extra.weight", "extra.bias"]
+    assert len(net.blocks) == 2 and isinstance(net.blocks[1:], cubn.nn.ModuleList) and "a" in net.heads
+    assert net(cubn.randn(5, 4)).shape == (5, 2)
+    seen = []
+    assert net.apply(lambda m: seen.append(type(m).__name__)) is net
+    assert seen == ["Linear", "Linear", "ModuleList", "Linear", "ModuleDict", "Linear", "Net"]   # children first
+    assert net.half().blocks[0].weight.dtype == numpy.float16 and net.to(numpy.float64).extra.bias.dtype == numpy.float64
+    with pytest.raises(TypeError, match="must be a Module"):
+        net.add_module("x", 3)
+
+
+def test_init_formulas():
+    cubn.manual_seed(0)
+    w = cubn.nn.Linear(400, 300).weight                 # fan_in 400, fan_out 300
+    bound = numpy.sqrt(3.0) * numpy.sqrt(2.0) / numpy.sqrt(400)
+    cubn.nn.init.kaiming_uniform_(w)
+    assert numpy.abs(w.numpy()).max() <= bound and numpy.abs(w.numpy()).max() > 0.99 * bound
+    cubn.nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
+    assert w.numpy().std() == pytest.approx(numpy.sqrt(2.0 / 300), rel=0.02)
+    cubn.nn.init.xavier_uniform_(w, gain=2.0)
+    assert numpy.abs(w.numpy()).max() <= 2.0 * numpy.sqrt(6.0 / 700)
+    cubn.nn.init.xavier_normal_(w)
+    assert w.numpy().std() == pytest.approx(numpy.sqrt(2.0 / 700), rel=0.02)
+    assert (cubn.nn.init.zeros_(w).numpy() == 0).all() and (cubn.nn.init.ones_(w).numpy() == 1).all()
+    assert (cubn.nn.init.constant_(w, 0.5).numpy() == 0.5).all() and w.dtype == numpy.float32
+    assert cubn.nn.init.calculate_gain("tanh") == 5.0 / 3 and cubn.nn.init.calculate_gain("leaky_relu", 0.2) == \
+        pytest.approx(numpy.sqrt(2 / 1.04))
+    with pytest.raises(ValueError, match="2 or more dimensions"):
+        cubn.nn.init.kaiming_uniform_(cubn.nn.Linear(3, 2).bias)
+
+
+def test_clip_grad_norm():
+    params = [cubn.tensor(numpy.zeros(3), requires_grad=True), cubn.tensor(numpy.zeros(2), requires_grad=True)]
+    params[0].grad, params[1].grad = numpy.array([3.0, 0.0, 0.0]), numpy.array([0.0, 4.0])
+    norm = cubn.nn.utils.clip_grad_norm_(params, 1.0)
+    assert float(norm) == pytest.approx(5.0)
+    assert numpy.concatenate([p.grad for p in params]) == pytest.approx(numpy.array([0.6, 0, 0, 0, 0.8]), rel=1e-5)
+    assert float(cubn.nn.utils.clip_grad_norm_(params, 10.0, norm_type="inf")) == pytest.approx(0.8, rel=1e-5)
+
+
+def test_losses():
+    F = cubn.nn.functional
+    logp = cubn.tensor(numpy.log(numpy.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]])), requires_grad=True)
+    loss = F.nll_loss(logp, cubn.tensor(numpy.array([0, 1])))
+    assert loss.item() == pytest.approx(-(numpy.log(0.5) + numpy.log(0.8)) / 2)
+    check_autodiff(lambda t: F.nll_loss(t, cubn.tensor(numpy.array([2, 0])), reduction="none"), logp.numpy())
+    check_autodiff(lambda a, b: F.mse_loss(a, b, reduction="sum"), X, X[::-1].copy())
+    with pytest.raises(ValueError, match="outside"):
+        F.nll_loss(logp, cubn.tensor(numpy.array([0, 3])))
+
+
+def test_modules_and_helpers_follow_torch(torch):
+    tnn = torch.nn
+
+    class TorchNet(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = tnn.ModuleList([tnn.Linear(4, 4), tnn.Linear(4, 3)])
+            self.heads = tnn.ModuleDict({"a": tnn.Linear(3, 2)})
+            self.add_module("extra", tnn.Linear(2, 2))
+
+    assert list(Net().state_dict()) == list(TorchNet().state_dict())
+    seen = []
+    TorchNet().apply(lambda m: seen.append(type(m).__name__))
+    ours = []
+    Net().apply(lambda m: ours.append(type(m).__name__))
+    assert [n.replace("TorchNet", "Net") for n in seen] == ours
+    grads = [rng(3).standard_normal(5), rng(4).standard_normal((2, 3))]
+    for norm_type in (2.0, 1.0, float("inf")):
+        c = [cubn.tensor(numpy.zeros(g.shape), requires_grad=True) for g in grads]
+        t = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads]
+        for p, q, g in zip(c, t, grads):
+            p.grad, q.grad = g.copy(), torch.tensor(g)
+        assert float(cubn.nn.utils.clip_grad_norm_(c, 0.5, norm_type)) == pytest.approx(
+            float(torch.nn.utils.clip_grad_norm_(t, 0.5, norm_type)), rel=1e-6)
+        for p, q in zip(c, t):
+            numpy.testing.assert_allclose(p.grad, q.grad.numpy(), rtol=1e-6)
+    for name in ("relu", "tanh", "sigmoid", "linear", "selu"):
+        assert cubn.nn.init.calculate_gain(name) == pytest.approx(torch.nn.init.calculate_gain(name))
+    logp = rng(5).standard_normal((4, 3))
+    target = numpy.array([0, 2, 1, 2])
+    for reduction in ("mean", "sum", "none"):
+        c = cubn.nn.functional.nll_loss(cubn.tensor(logp), cubn.tensor(target), reduction=reduction)
+        t = torch.nn.functional.nll_loss(torch.tensor(logp), torch.tensor(target), reduction=reduction)
+        numpy.testing.assert_allclose(c.numpy(), t.numpy(), rtol=1e-12)
+        c = cubn.nn.functional.mse_loss(cubn.tensor(logp), cubn.tensor(logp * 0.5), reduction=reduction)
+        t = torch.nn.functional.mse_loss(torch.tensor(logp), torch.tensor(logp * 0.5), reduction=reduction)
+        numpy.testing.assert_allclose(c.numpy(), t.numpy(), rtol=1e-12)

@@ -1,5 +1,5 @@
 """Layers (PyTorch-shaped) and the functional API (``cubn.nn.functional``)."""
-from . import functional
+from . import functional, init, utils
 from .batchnorm import (BatchNorm1d, BatchNorm2d, BatchNorm3d, freeze_batchnorm, name_norm_layers,
                         unfreeze_batchnorm)
 from .batchrenorm import BatchRenorm1d, BatchRenorm2d
@@ -11,12 +11,12 @@ from .interop import (batchnorm_from_flax, batchnorm_from_keras, batchnorm_to_fl
 from .layers import (GELU, CrossEntropyLoss, Dropout, Flatten, Identity, LeakyReLU, MSELoss, ReLU, SiLU, Sigmoid,
                      Softmax, Tanh)
 from .linear import Linear
-from .module import Module, Parameter, Sequential
+from .module import Module, ModuleDict, ModuleList, Parameter, Sequential
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .rmsnorm import RMSNorm
 from .rownorm import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm
 
-__all__ = ["functional", "Module", "Parameter", "Sequential", "Linear", "ReLU", "Identity",
+__all__ = ["functional", "init", "utils", "Module", "ModuleDict", "ModuleList", "Parameter", "Sequential", "Linear", "ReLU", "Identity",
            "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchRenorm1d", "BatchRenorm2d",
            "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
            "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Dropout", "LeakyReLU", "GELU",

@@ -36,7 +36,7 @@ from . import masked as _masked
 from .checks import (UNSET, array_of, check_choice, check_count, check_eps, check_fraction, check_input,
                      check_momentum, check_shaped, check_vector, normalized_shape_of)
 from .conv import conv2d
-from .layers import dropout, gelu, leaky_relu, silu
+from .layers import dropout, gelu, leaky_relu, mse_loss, nll_loss, silu
 from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 relu = _math.relu
@@ -395,7 +395,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
 
 
 __all__ = ["batch_norm", "batch_renorm", "instance_norm", "group_norm", "layer_norm", "rms_norm",
-           "linear", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "cross_entropy",
+           "linear", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "cross_entropy", "mse_loss", "nll_loss",
            "check_renorm_limits", "check_rmax", "check_dmax", "no_stats_update", "stats_updates_enabled",
            "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "leaky_relu", "gelu", "silu", "dropout",
            "NONFINITE_POLICIES", "DEGENERATE_POLICIES", "VAR_ESTIMATORS"]

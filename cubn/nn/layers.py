@@ -11,6 +11,7 @@ PyTorch's names, arguments and defaults. Conventions:
 import math
 import numbers
 
+from .. import backend
 from ..ops import activation as _act
 from ..ops import math as _math
 from .checks import check_input
@@ -43,6 +44,28 @@ def _reduction(reduction):
 
 
 # ---- functional ------------------------------------------------------------------
+def mse_loss(input, target, reduction="mean"):
+    """``torch.nn.functional.mse_loss``: (input - target)^2, averaged, summed or per element."""
+    return MSELoss(reduction)(input, target)
+
+
+def nll_loss(input, target, reduction="mean"):
+    """``torch.nn.functional.nll_loss`` of log-probabilities ``input`` (N, C) and class indices ``target`` (N,)."""
+    x = check_input(input, min_ndim=2)
+    if x.ndim != 2:
+        raise ValueError(f"nll_loss: input must be (N, C) log-probabilities, got shape {tuple(x.shape)}")
+    t = target.data if hasattr(target, "data") else target
+    xp = backend.get_array_module(x.data)
+    t = xp.asarray(t)
+    if t.dtype.kind not in "iu" or t.shape != (x.shape[0],):
+        raise ValueError(f"nll_loss: target must be ({x.shape[0]},) class indices, got {t.dtype} {t.shape}")
+    if t.size and (int(t.min()) < 0 or int(t.max()) >= x.shape[1]):
+        raise ValueError(f"nll_loss: target holds classes outside [0, {x.shape[1]})")
+    loss = -x[xp.arange(x.shape[0]), t]
+    reduction = _reduction(reduction)
+    return loss if reduction == "none" else loss.sum() if reduction == "sum" else loss.mean()
+
+
 def leaky_relu(input, negative_slope=0.01):
     return _act.LeakyReLU.apply(check_input(input, min_ndim=0), negative_slope=_slope(negative_slope))
 

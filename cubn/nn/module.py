@@ -1,4 +1,4 @@
-"""Module, Parameter and Sequential: the containers of the layer API.
+"""Module, Parameter, Sequential, ModuleList and ModuleDict: the containers of the layer API.
 
 A Module owns Parameters (trained tensors), buffers (state such as running
 statistics, saved in the state dict but not trained) and child Modules.
@@ -185,7 +185,12 @@ class Module:
         return LoadResult(missing, unexpected)
 
     def to(self, device=None, dtype=None):
-        """Move (and/or cast floating-point) parameters and buffers in place; returns self."""
+        """Move (and/or cast floating-point) parameters and buffers in place; returns self.
+        ``to("cuda")``, ``to(numpy.float64)`` (a dtype in the first place, as torch allows) or both."""
+        if device is not None and not isinstance(device, str):
+            if dtype is not None:
+                raise TypeError(f"to() got two dtypes: {device!r} and {dtype!r}")
+            device, dtype = None, device
         for module in self.modules():
             for table in (module._parameters, module._buffers):
                 for t in table.values():
@@ -207,6 +212,24 @@ class Module:
 
     def float(self):
         return self.to(dtype=numpy.float32)
+
+    def half(self):
+        return self.to(dtype=numpy.float16)
+
+    def add_module(self, name, module):
+        """Register ``module`` (a Module or None) under ``name``, as ``setattr`` does."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"add_module: name must be a non-empty string without '.', got {name!r}")
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"add_module: {name} must be a Module or None, got {type(module).__name__}")
+        self._modules[name] = module
+
+    def apply(self, fn):
+        """Call ``fn(module)`` on every submodule, children first, then on self (torch's order); returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
 
     # ---- repr ------------------------------------------------------------
     def extra_repr(self):
@@ -251,3 +274,64 @@ class Sequential(Module):
         for layer in self._modules.values():
             x = layer(x)
         return x
+
+
+class ModuleList(Module):
+    """A list of Modules whose parameters belong to the owner, as ``torch.nn.ModuleList`` (no forward)."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules):
+        for m in modules:
+            self.append(m)
+        return self
+
+    def __getitem__(self, i):
+        items = list(self._modules.values())
+        return ModuleList(items[i]) if isinstance(i, slice) else items[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+class ModuleDict(Module):
+    """A dict of Modules (insertion order) whose parameters belong to the owner, as ``torch.nn.ModuleDict``."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        for name, m in dict(modules or {}).items():
+            self[name] = m
+
+    def __setitem__(self, name, module):
+        self.add_module(name, module)
+
+    def __getitem__(self, name):
+        return self._modules[name]
+
+    def __contains__(self, name):
+        return name in self._modules
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
