@@ -55,7 +55,8 @@ def test_integer_and_bool_input_is_a_type_error(device, dtype):
     (lambda: nn.BatchNorm1d(3), (2, 3, 4, 4), "BatchNorm1d: input must be 2-D or 3-D"),
     (lambda: nn.BatchNorm3d(3), (2, 3, 4, 4), "BatchNorm3d: input must be 5-D"),
     (lambda: nn.BatchNorm2d(4), (2, 3, 4, 4), r"BatchNorm2d\(4\) got input with 3 channels"),
-    (lambda: nn.InstanceNorm2d(3), (2, 3, 4), "InstanceNorm2d: input must be 4-D"),
+    (lambda: nn.InstanceNorm2d(3), (2, 3), "InstanceNorm2d: input must be 4-D"),   # 3-D is unbatched (C, H, W)
+    (lambda: nn.InstanceNorm2d(3), (2, 3, 4), r"InstanceNorm2d\(3\) got input with 2 channels"),
     (lambda: nn.GroupNorm(2, 4), (2, 3, 4, 4), r"GroupNorm\(2, 4\) got input with 3 channels"),
     (lambda: nn.LayerNorm(5), (2, 3, 4, 4), "must match the trailing dimensions"),
     (lambda: nn.BatchRenorm2d(3), (2, 3), "BatchRenorm2d: input must be 4-D"),

@@ -252,3 +252,46 @@ def test_modules_and_helpers_follow_torch(torch):
         c = cubn.nn.functional.mse_loss(cubn.tensor(logp), cubn.tensor(logp * 0.5), reduction=reduction)
         t = torch.nn.functional.mse_loss(torch.tensor(logp), torch.tensor(logp * 0.5), reduction=reduction)
         numpy.testing.assert_allclose(c.numpy(), t.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: cubn.nn.BatchNorm2d(3, **kw), lambda **kw: cubn.nn.GroupNorm(3, 3, **kw),
+                                  lambda **kw: cubn.nn.InstanceNorm2d(3, affine=True, **kw)],
+                         ids=["BatchNorm2d", "GroupNorm", "InstanceNorm2d"])
+def test_norm_bias_false_learns_a_scale_only(make):
+    layer = make(bias=False)
+    assert layer.bias is None and [n for n, _ in layer.named_parameters()] == ["weight"] and "bias=False" in repr(layer)
+    layer.weight.data[...] = numpy.array([1.0, 2.0, 3.0], numpy.float32)
+    x = rng(6).standard_normal((4, 3, 5, 5)).astype(numpy.float32)
+    with_bias = make()
+    with_bias.weight.data[...] = layer.weight.data
+    numpy.testing.assert_array_equal(layer(cubn.tensor(x)).numpy(), with_bias(cubn.tensor(x)).numpy())
+
+
+@pytest.mark.parametrize("cls, shape", [("InstanceNorm1d", (3, 7)), ("InstanceNorm2d", (3, 4, 5)),
+                                        ("InstanceNorm3d", (3, 2, 3, 4))])
+def test_instance_norm_takes_unbatched_input(cls, shape):
+    layer = getattr(cubn.nn, cls)(3, affine=True)
+    x = rng(7).standard_normal(shape).astype(numpy.float32)
+    y = layer(cubn.tensor(x))
+    assert y.shape == shape
+    numpy.testing.assert_array_equal(y.numpy(), layer(cubn.tensor(x[None])).numpy()[0])
+
+
+def test_norm_bias_and_unbatched_follow_torch(torch):
+    x = rng(8).standard_normal((4, 3, 5, 5))
+    for name, args in (("BatchNorm2d", (3,)), ("GroupNorm", (3, 3)), ("InstanceNorm2d", (3,))):
+        c, t = getattr(cubn.nn, name)(*args, bias=False), getattr(torch.nn, name)(*args, bias=False)
+        assert [k for k in c.state_dict() if k != "num_batches_skipped"] == list(t.state_dict()), name  # cubn's extra
+        c.double(), t.double()
+        numpy.testing.assert_allclose(c(cubn.tensor(x)).numpy(), t(torch.tensor(x)).detach().numpy(), rtol=1e-10,
+                                      atol=1e-12)
+    c, t = cubn.nn.InstanceNorm2d(3).double(), torch.nn.InstanceNorm2d(3).double()
+    numpy.testing.assert_allclose(c(cubn.tensor(x[0])).numpy(), t(torch.tensor(x[0])).numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_linear_with_a_wrong_input_width_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"linear: input's last dimension must be in_features = 20, got input of "
+                                         r"shape \(4, 19\)"):
+        cubn.nn.Linear(20, 3)(cubn.randn(4, 19))
+    with pytest.raises(TypeError, match="floating point"):
+        cubn.nn.Linear(2, 3)(cubn.arange(4).reshape(2, 2))

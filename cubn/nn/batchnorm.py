@@ -49,7 +49,7 @@ class _NormBase(Module):
     name = None                    # dotted name in a model, for error messages (see name_norm_layers)
 
     def __init__(self, num_features, eps=1e-5, momentum=UNSET, affine=True, track_running_stats=True, *,
-                 decay=None, running_var_estimator="unbiased", nonfinite="skip", degenerate="raise"):
+                 bias=True, decay=None, running_var_estimator="unbiased", nonfinite="skip", degenerate="raise"):
         super().__init__()
         self.num_features = check_count(num_features, "num_features")
         self.eps = check_eps(eps)
@@ -66,12 +66,9 @@ class _NormBase(Module):
                              f"but {type(self).__name__}(track_running_stats=False) keeps none; "
                              f"use 'raise' or 'skip_update'")
         C = self.num_features
-        if self.affine:
-            self.weight = Parameter(numpy.ones(C, numpy.float32))
-            self.bias = Parameter(numpy.zeros(C, numpy.float32))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        # bias=False (PyTorch 2.x's keyword): a learned scale and no shift
+        self.register_parameter("weight", Parameter(numpy.ones(C, numpy.float32)) if self.affine else None)
+        self.register_parameter("bias", Parameter(numpy.zeros(C, numpy.float32)) if self.affine and bias else None)
         if self.track_running_stats:
             self.register_buffer("running_mean", numpy.zeros(C, numpy.float32))
             self.register_buffer(self.spread_buffer, numpy.ones(C, numpy.float32))
@@ -92,8 +89,9 @@ class _NormBase(Module):
 
     def reset_parameters(self):
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None:
             self.weight.data[...] = 1
+        if self.bias is not None:
             self.bias.data[...] = 0
 
     def freeze_stats(self):
@@ -178,7 +176,8 @@ class _NormBase(Module):
         return "".join(", " + p for p in parts)
 
     def extra_repr(self):
-        return (f"{self.num_features}, eps={self.eps}, {self._average_repr()}, affine={self.affine}, "
+        bias = ", bias=False" if self.affine and self.bias is None else ""
+        return (f"{self.num_features}, eps={self.eps}, {self._average_repr()}, affine={self.affine}{bias}, "
                 f"track_running_stats={self.track_running_stats}{self._policy_repr()}")
 
 

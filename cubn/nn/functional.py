@@ -59,7 +59,11 @@ VAR_ESTIMATORS = ("unbiased", "biased")
 
 def linear(input, weight, bias=None):
     """y = input @ weight.T + bias, with weight of shape (out_features, in_features)."""
-    y = input @ weight.T
+    x = check_input(input, min_ndim=1, layer="linear")
+    if x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"linear: input's last dimension must be in_features = {weight.shape[-1]}, "
+                         f"got input of shape {tuple(x.shape)}")
+    y = x @ weight.T
     return y if bias is None else y + bias
 
 

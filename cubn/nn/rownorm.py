@@ -18,6 +18,7 @@ from . import functional as F
 from . import masked as _masked
 from .batchnorm import _NormBase
 from .checks import UNSET, check_choice, check_count, check_eps, check_input, normalized_shape_of
+from ..tensor import as_tensor
 from .module import Module, Parameter
 
 
@@ -53,7 +54,7 @@ class GroupNorm(Module):
     "use_running" does not apply: GroupNorm keeps no running statistics.
     """
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, degenerate="raise"):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, bias=True, degenerate="raise"):
         super().__init__()
         self.degenerate = check_choice(degenerate, "degenerate", F.DEGENERATE_POLICIES)
         if self.degenerate == "use_running":
@@ -67,7 +68,7 @@ class GroupNorm(Module):
         self.affine = bool(affine)
         C = self.num_channels
         self.register_parameter("weight", Parameter(numpy.ones(C, numpy.float32)) if self.affine else None)
-        self.register_parameter("bias", Parameter(numpy.zeros(C, numpy.float32)) if self.affine else None)
+        self.register_parameter("bias", Parameter(numpy.zeros(C, numpy.float32)) if self.affine and bias else None)
 
     def forward(self, input, mask=None):
         """``mask``: bool, broadcastable to the input without its channel axis (True = valid)."""
@@ -90,7 +91,8 @@ class GroupNorm(Module):
 
     def extra_repr(self):
         extra = f", degenerate={self.degenerate!r}" if self.degenerate != "raise" else ""
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}{extra}"
+        bias = ", bias=False" if self.affine and self.bias is None else ""
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}{bias}{extra}"
 
 
 class _InstanceNorm(_NormBase):
@@ -101,9 +103,15 @@ class _InstanceNorm(_NormBase):
     are BatchNorm's; one spatial element per instance is the degenerate case."""
 
     def __init__(self, num_features, eps=1e-5, momentum=UNSET, affine=False, track_running_stats=False, *,
-                 decay=None, running_var_estimator="unbiased", nonfinite="skip", degenerate="raise"):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, decay=decay,
+                 bias=True, decay=None, running_var_estimator="unbiased", nonfinite="skip", degenerate="raise"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, bias=bias, decay=decay,
                          running_var_estimator=running_var_estimator, nonfinite=nonfinite, degenerate=degenerate)
+
+    def forward(self, input, mask=None):
+        """(N, C, *spatial) input, or unbatched (C, *spatial) as PyTorch takes it (returned unbatched)."""
+        if getattr(input, "ndim", None) == self.ndims[0] - 1:
+            return super().forward(as_tensor(input).unsqueeze(0), mask).squeeze(0)
+        return super().forward(input, mask)
 
     def _normalize(self, x, batch_stats, update, momentum, mask):
         return F._instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
