@@ -17,12 +17,13 @@ from . import data, ops, nn, optim  # noqa: E402  (nn needs Tensor above)
 from . import models, train  # noqa: E402
 from .serialization import load, save  # noqa: E402
 from .recompute import checkpoint  # noqa: E402
-from .creation import (arange, bool_, empty, float16, float32, float64, from_numpy, full, full_like,  # noqa: E402
+from .creation import (arange, bool_, empty, float16, float32, float64, from_dlpack, from_numpy, full, full_like,  # noqa: E402
                        int64, linspace, ones, ones_like, rand, randn, zeros, zeros_like)
 from .ops.math import cat, stack, where  # noqa: E402
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "is_grad_enabled", "has_gpu", "backend",
            "manual_seed", "data", "ops", "nn", "optim", "models", "train", "save", "load", "__version__"]
-__all__ += ["checkpoint", "arange", "bool_", "cat", "empty", "float16", "float32", "float64", "from_numpy", "full",
+__all__ += ["checkpoint", "arange", "bool_", "cat", "empty", "float16", "float32", "float64", "from_dlpack",
+            "from_numpy", "full",
             "full_like", "int64", "linspace", "ones", "ones_like", "rand", "randn", "stack", "where", "zeros",
             "zeros_like"]

@@ -1,5 +1,5 @@
 """Making tensors with PyTorch's names and defaults: ``zeros``, ``ones``, ``full``, ``empty``, ``zeros_like``,
-``ones_like``, ``full_like``, ``randn``, ``rand``, ``arange``, ``linspace``, ``from_numpy``, and the dtype
+``ones_like``, ``full_like``, ``randn``, ``rand``, ``arange``, ``linspace``, ``from_numpy``, ``from_dlpack``, and the dtype
 names ``float16``, ``float32``, ``float64``, ``int64``, ``bool``.
 
 As in PyTorch, sizes are given as ``zeros(2, 3)`` or ``zeros((2, 3))``, floating results default to
@@ -88,6 +88,19 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
 
 def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
     return _make(numpy.linspace(start, end, steps), dtype or float32, device, requires_grad)
+
+
+def from_dlpack(x):
+    """A tensor sharing memory with ``x``, any object with ``__dlpack__`` (a torch, JAX, NumPy or CuPy
+    array): NumPy's for host memory, CuPy's for a CUDA device (as ``torch.from_dlpack``)."""
+    if not hasattr(x, "__dlpack__"):
+        raise TypeError(f"from_dlpack takes an object with __dlpack__, got {type(x).__name__}")
+    device_type = x.__dlpack_device__()[0]
+    if device_type == 1:                                  # kDLCPU
+        return Tensor(numpy.from_dlpack(x))
+    if device_type in (2, 3) and backend.cupy is not None:   # kDLCUDA, kDLCUDAHost
+        return Tensor(backend.cupy.from_dlpack(x))
+    raise BufferError(f"from_dlpack: DLPack device type {device_type} is not the CPU or a CUDA device cubn can use")
 
 
 def from_numpy(array):

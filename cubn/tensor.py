@@ -158,6 +158,15 @@ class Tensor:
     def tolist(self):
         return self.numpy().tolist()
 
+    # DLPack: zero-copy exchange with NumPy, PyTorch, JAX, CuPy (cubn.from_dlpack is the way in)
+    def __dlpack__(self, *args, **kwargs):
+        if self.requires_grad:
+            raise BufferError("cannot export a tensor that requires grad through DLPack; use tensor.detach()")
+        return self.data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self.data.__dlpack_device__()
+
     def to(self, *args, dtype=None):
         """``to(device)``, ``to(dtype)``, ``to(device, dtype)`` or ``to(dtype=...)``: a tensor on the device
         ('cpu' or 'cuda') in the dtype. Differentiable, like torch's ``.to``."""

@@ -295,3 +295,34 @@ def test_linear_with_a_wrong_input_width_is_a_clear_error():
         cubn.nn.Linear(20, 3)(cubn.randn(4, 19))
     with pytest.raises(TypeError, match="floating point"):
         cubn.nn.Linear(2, 3)(cubn.arange(4).reshape(2, 2))
+
+
+# ---------------------------------------------------------------------------
+# DLPack
+# ---------------------------------------------------------------------------
+def test_dlpack_with_numpy_shares_memory():
+    t = cubn.tensor(numpy.arange(6.0).reshape(2, 3))
+    a = numpy.from_dlpack(t)
+    a[0, 0] = 42.0
+    assert t.numpy()[0, 0] == 42.0 and t.__dlpack_device__()[0] == 1
+    back = cubn.from_dlpack(a)
+    back.data[1, 2] = -1.0
+    assert t.numpy()[1, 2] == -1.0 and back.shape == (2, 3)
+    with pytest.raises(BufferError, match="requires grad"):
+        numpy.from_dlpack(cubn.tensor(numpy.ones(2), requires_grad=True))
+    numpy.from_dlpack(cubn.tensor(numpy.ones(2), requires_grad=True).detach())
+    with pytest.raises(TypeError, match="__dlpack__"):
+        cubn.from_dlpack([1, 2])
+
+
+def test_dlpack_with_torch_shares_memory(torch):
+    t = cubn.tensor(numpy.zeros((2, 2), numpy.float32))
+    tt = torch.from_dlpack(t)
+    tt[0, 1] = 5.0
+    assert t.numpy()[0, 1] == 5.0
+    source = torch.arange(4.0)
+    c = cubn.from_dlpack(source)
+    source[2] = 9.0
+    assert c.numpy().tolist() == [0.0, 1.0, 9.0, 3.0] and c.dtype == numpy.float32
+    with pytest.raises(BufferError):
+        torch.from_dlpack(cubn.tensor(numpy.ones(2), requires_grad=True))
