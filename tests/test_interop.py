@@ -78,7 +78,7 @@ def torch_state(C, seed=0):
 def test_torch_state_dict_eval_and_three_training_steps_follow_pytorch_rule():
     state = torch_state(3)
     layer = nn.BatchNorm2d(3, momentum=0.2)
-    assert nn.from_torch_state_dict(layer, state) == [""]
+    assert nn.from_torch_state_dict(layer, state).layers == [""]
     layer.double()
     x = rand((4, 3, 2, 3), 5)
     expected = normalize(x, state["running_mean"], state["running_var"], state["weight"], state["bias"], 1e-5)
@@ -103,11 +103,26 @@ def test_torch_state_dict_round_trip_on_a_model_with_prefix():
     assert all(isinstance(v, numpy.ndarray) for v in exported.values())
     assert exported["module.1.num_batches_tracked"].dtype == numpy.int64
     other = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.Sequential(nn.Flatten(), nn.BatchNorm1d(12)))
-    exported["module.0.weight"] = numpy.zeros(7)  # other layers' keys are ignored
-    assert nn.from_torch_state_dict(other, exported, prefix="module.") == ["1", "2.1"]
+    exported["module.0.weight"] = numpy.zeros(7)
+    with pytest.raises(ValueError, match=r"module.0.weight has shape \(7,\), expected \(3, 2, 1, 1\)"):
+        nn.from_torch_state_dict(other, exported, prefix="module.")        # the whole model loads by default
+    result = nn.from_torch_state_dict(other, exported, prefix="module.", bn_only=True)
+    assert result.layers == ["1", "2.1"] and result.skipped == ["module.0.weight"]   # said, not silent
     for key in ("1.running_var", "2.1.running_mean", "2.1.num_batches_tracked", "1.weight"):
         numpy.testing.assert_array_equal(other.state_dict()[key], model.state_dict()[key])
     assert not numpy.array_equal(other.state_dict()["0.weight"], 0)
+
+
+def test_torch_state_dict_loads_the_whole_model_and_names_what_it_skipped():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3, 4))
+    source = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3, 4))
+    state = {k: v for k, v in source.state_dict().items() if k != "1.num_batches_skipped"}
+    state["5.weight"] = numpy.zeros(2)                     # a layer the cubn model lacks
+    result = nn.from_torch_state_dict(model, state)
+    assert result.layers == ["1"] and result.skipped == ["5.weight"]
+    assert set(result.loaded) == set(state) - {"5.weight"}
+    for key in ("0.weight", "0.bias", "3.weight", "1.running_var"):
+        numpy.testing.assert_array_equal(model.state_dict()[key], source.state_dict()[key])
 
 
 def test_torch_state_dict_errors_change_nothing():
@@ -123,6 +138,8 @@ def test_torch_state_dict_errors_change_nothing():
     with pytest.raises(ValueError, match="affine=False"):
         nn.from_torch_state_dict(nn.BatchNorm1d(3, affine=False), state)
     with pytest.raises(ValueError, match="no BatchNorm layer"):
+        nn.from_torch_state_dict(nn.Linear(2, 2), state, bn_only=True)
+    with pytest.raises(ValueError, match=r"weight has shape \(3,\), expected \(2, 2\)"):
         nn.from_torch_state_dict(nn.Linear(2, 2), state)
     for key, value in layer.state_dict().items():
         numpy.testing.assert_array_equal(value, before[key])

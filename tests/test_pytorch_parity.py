@@ -143,3 +143,16 @@ def test_max_min_indices_follow_torch(op):
         c, t = getattr(cubn.tensor(x), op)(dim, keepdim), getattr(torch.tensor(x), op)(dim, keepdim)
         assert c.indices.numpy().tolist() == t.indices.numpy().tolist()
         assert c.values.numpy().tolist() == t.values.numpy().tolist()
+
+
+def test_a_whole_torch_model_loads_and_computes_the_same():
+    tm = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.ReLU(), torch.nn.Flatten(),
+                             torch.nn.Linear(12, 4)).double()
+    tm.train()
+    tm(torch.randn(8, 2, 4, 4, dtype=torch.float64))      # running statistics away from (0, 1)
+    tm.eval()
+    cm = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4)).double()
+    result = nn.from_torch_state_dict(cm, {k: v.numpy() for k, v in tm.state_dict().items()})
+    assert result.skipped == [] and len(result.loaded) == len(tm.state_dict())
+    x = numpy.random.default_rng(9).standard_normal((5, 2, 4, 4))
+    close(cm.eval()(cubn.tensor(x)), tm(torch.tensor(x)))

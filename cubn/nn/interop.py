@@ -145,25 +145,36 @@ def _key(prefix, name, key):
     return f"{prefix}{name}.{key}" if name else f"{prefix}{key}"
 
 
-def from_torch_state_dict(layer_or_model, state_dict, prefix=""):
-    """Load PyTorch BatchNorm state into every BatchNorm layer of ``layer_or_model``, in place.
+TorchLoadResult = collections.namedtuple("TorchLoadResult", ["layers", "loaded", "skipped"])
+
+
+def from_torch_state_dict(layer_or_model, state_dict, prefix="", *, bn_only=False):
+    """Load a PyTorch state dict into ``layer_or_model`` in place; returns ``TorchLoadResult(layers,
+    loaded, skipped)``: the BatchNorm layers loaded, the keys copied, and the keys of ``state_dict``
+    that matched nothing (say, a head the cubn model lacks), so nothing is skipped silently.
 
     ``state_dict`` maps names to arrays (NumPy arrays, or CPU torch tensors: anything
-    ``numpy.asarray`` takes) as ``torch_module.state_dict()`` names them: for a layer at
-    dotted path ``p``, ``prefix + p + ".weight"``, ``.bias``, ``.running_mean``,
-    ``.running_var``, ``.num_batches_tracked`` (for a single layer, ``prefix + "weight"`` ...).
-    cubn's conventions are PyTorch's (same momentum meaning, unbiased running variance), so
-    the values are copied as they are. Keys of other layers are ignored;
-    ``num_batches_tracked`` is optional (PyTorch before 0.4.1 did not save it) and left
-    unchanged when absent. Missing keys, shapes that do not match, and a ``weight``/``bias``
-    for a layer with ``affine=False`` are ValueErrors, raised before anything changes.
-    Returns the names of the layers loaded.
+    ``numpy.asarray`` takes) as ``torch_module.state_dict()`` names them, under ``prefix``
+    (e.g. "module." for a DataParallel model). Every parameter and buffer of the cubn model
+    whose name is there is copied (convolutions, linears and norms alike); with
+    ``bn_only=True`` only the BatchNorm layers' entries are. cubn's BatchNorm conventions are
+    PyTorch's (same momentum meaning, unbiased running variance), so values are copied as they
+    are. For each BatchNorm layer at dotted path ``p``: ``p.weight``, ``p.bias``,
+    ``p.running_mean`` and ``p.running_var`` must be there (``p.num_batches_tracked`` may be
+    missing: PyTorch before 0.4.1 did not save it); a ``weight``/``bias`` for a layer with
+    ``affine=False``, NaN or infinite statistics, and any shape that does not match are
+    ValueErrors, all raised before anything changes.
     """
     who = "from_torch_state_dict"
     if not hasattr(state_dict, "keys"):
         raise TypeError(f"{who}: state_dict must be a dict of name -> array, got {type(state_dict).__name__}")
-    updates, problems = [], []
-    for name, layer in _layers_of(layer_or_model, who):
+    if not isinstance(layer_or_model, Module):
+        raise TypeError(f"{who} takes a cubn.nn.Module, got {type(layer_or_model).__name__}")
+    layers = [(name, m) for name, m in layer_or_model.named_modules() if isinstance(m, BATCHNORM_TYPES)]
+    if bn_only and not layers:
+        raise ValueError(f"{who}: {type(layer_or_model).__name__} holds no BatchNorm layer")
+    updates, problems, used = [], [], set()
+    for name, layer in layers:
         for key in _TORCH_KEYS:
             target = getattr(layer, key)
             full = _key(prefix, name, key)
@@ -176,18 +187,29 @@ def from_torch_state_dict(layer_or_model, state_dict, prefix=""):
                     problems.append(f"missing key {full}")
                 continue
             value = _as_numpy(state_dict[full], full)
-            if value.shape != target.shape:
-                problems.append(f"{full} has shape {value.shape}, expected {target.shape}")
-                continue
             if key != "num_batches_tracked" and not numpy.isfinite(value.astype(numpy.float64)).all():
                 problems.append(f"{full} holds NaN or infinite values")
+            updates.append((full, target, value))
+            used.add(full)
+    if not bn_only:
+        bn_names = {name for name, _ in layers}
+        for owner, module in layer_or_model.named_modules():
+            if owner in bn_names:
                 continue
-            updates.append((target, value))
+            for table in (module._parameters, module._buffers):
+                for key, target in table.items():
+                    full = _key(prefix, owner, key)
+                    if target is not None and full in state_dict:
+                        updates.append((full, target, _as_numpy(state_dict[full], full)))
+                        used.add(full)
+    problems += [f"{full} has shape {value.shape}, expected {target.shape}"
+                 for full, target, value in updates if value.shape != target.shape]
     if problems:
         raise ValueError(f"{who}: " + "; ".join(problems))
-    for target, value in updates:
+    for _, target, value in updates:
         target.data[...] = backend.to_device(value, target.device).astype(target.dtype)
-    return [name for name, _ in _layers_of(layer_or_model, who)]
+    return TorchLoadResult([name for name, _ in layers], [full for full, _, _ in updates],
+                           [k for k in state_dict.keys() if k not in used])
 
 
 def to_torch_state_dict(layer_or_model, prefix=""):
