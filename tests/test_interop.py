@@ -292,7 +292,11 @@ def test_flax_training_moves_the_variance_like_flax():
 
 def test_flax_round_trip_defaults_and_errors():
     scale, bias, mean, var = keras_weights(2)
-    layer = nn.batchnorm_from_flax({"bias": bias}, {"mean": mean, "var": var})
+    with pytest.raises(ValueError, match="momentum and epsilon must be given: they are arguments of the Flax"):
+        nn.batchnorm_from_flax({"bias": bias}, {"mean": mean, "var": var})
+    with pytest.raises(ValueError, match="epsilon must be given"):
+        nn.batchnorm_from_flax({"bias": bias}, {"mean": mean, "var": var}, momentum=0.99)
+    layer = nn.batchnorm_from_flax({"bias": bias}, {"mean": mean, "var": var}, momentum=0.99, epsilon=1e-5)
     assert abs(layer.momentum - 0.01) < 1e-15 and layer.eps == 1e-5 and not layer.weight.requires_grad
     params, stats, config = nn.batchnorm_to_flax(layer)
     assert set(params) == {"bias"} and config["use_scale"] is False and config["use_bias"] is True
@@ -300,10 +304,20 @@ def test_flax_round_trip_defaults_and_errors():
     numpy.testing.assert_array_equal(stats["var"], var)
     numpy.testing.assert_array_equal(params["bias"], bias)
     with pytest.raises(ValueError, match="unexpected keys"):
-        nn.batchnorm_from_flax({"params": {"scale": scale}}, {"mean": mean, "var": var})
+        nn.batchnorm_from_flax({"params": {"scale": scale}}, {"mean": mean, "var": var}, momentum=0.9, epsilon=1e-5)
     with pytest.raises(ValueError, match=r"missing \['var'\]"):
-        nn.batchnorm_from_flax({}, {"mean": mean})
+        nn.batchnorm_from_flax({}, {"mean": mean}, momentum=0.9, epsilon=1e-5)
     with pytest.raises(ValueError, match=r"params\['scale'\] must have shape \(2,\)"):
-        nn.batchnorm_from_flax({"scale": numpy.ones(3)}, {"mean": mean, "var": var})
+        nn.batchnorm_from_flax({"scale": numpy.ones(3)}, {"mean": mean, "var": var}, momentum=0.9, epsilon=1e-5)
     with pytest.raises(ValueError, match="epsilon"):
-        nn.batchnorm_from_flax({}, {"mean": mean, "var": var}, epsilon=-1)
+        nn.batchnorm_from_flax({}, {"mean": mean, "var": var}, momentum=0.9, epsilon=-1)
+
+
+def test_keras_trainable_false_gives_frozen_statistics_and_weights():
+    weights = keras_weights(3)
+    layer = nn.batchnorm_from_keras(weights, {"trainable": False})
+    assert layer.frozen_stats and not any(p.requires_grad for p in layer.parameters())
+    before = layer.running_mean.numpy().copy()
+    layer.train()(cubn.tensor(rand((4, 3, 2, 2), 2).astype(numpy.float32)))
+    numpy.testing.assert_array_equal(layer.running_mean.numpy(), before)      # Keras: inference mode when frozen
+    assert not nn.batchnorm_from_keras(weights, {"trainable": True}).frozen_stats

@@ -241,8 +241,11 @@ def batchnorm_from_keras(weights, config, dims=2):
     ``config``: ``keras_layer.get_config()`` or any dict with the keys that matter:
     ``epsilon`` (default 1e-3), ``momentum`` (default 0.99; Keras's momentum is a decay,
     the weight of the old value), ``axis`` (default -1; one axis), ``center``, ``scale``
-    (default True); other keys are ignored. Keras 2 options cubn cannot reproduce
-    (``renorm``, ``virtual_batch_size``) are ValueErrors.
+    (default True), ``trainable`` (default True; False, Keras's frozen BatchNormalization,
+    gives a layer with frozen statistics and gamma/beta that do not train); other keys are
+    ignored. Keras 2 options cubn cannot reproduce (``renorm``, ``virtual_batch_size``) are
+    ValueErrors. ``dims``: 1 for BatchNorm1d (Dense/Conv1D features), 2 for BatchNorm2d
+    (images); the Keras weights do not say which.
 
     The layer gets ``eps = epsilon``, ``momentum = 1 - keras momentum`` (PyTorch meaning) and,
     where BatchNorm has it, ``running_var_estimator = "biased"``: eval outputs equal Keras's,
@@ -274,6 +277,10 @@ def batchnorm_from_keras(weights, config, dims=2):
     layer = _new_layer(dims, first.shape[0], eps, 1.0 - decay, scale, center)
     _use_decay_convention(layer, decay)
     _fill(layer, values.get("gamma"), values.get("beta"), values["moving_mean"], values["moving_variance"])
+    if cfg.get("trainable", True) is False:   # Keras: inference-mode statistics and frozen weights
+        layer.freeze_stats()
+        for p in layer.parameters():
+            p.requires_grad = False
     return layer
 
 
@@ -301,18 +308,23 @@ def batchnorm_to_keras(layer, axis=-1):
 
 
 # ---- Flax linen ---------------------------------------------------------------------------
-def batchnorm_from_flax(params, batch_stats, momentum=0.99, epsilon=1e-5, dims=2):
+def batchnorm_from_flax(params, batch_stats, momentum=None, epsilon=None, dims=2):
     """A new cubn BatchNorm{dims}d equivalent to a Flax linen ``nn.BatchNorm``.
 
     ``params``: the layer's entry of ``variables["params"]``, ``{"scale": (C,), "bias": (C,)}``
     (either absent when the layer had ``use_scale``/``use_bias`` False);
     ``batch_stats``: its entry of ``variables["batch_stats"]``, ``{"mean": (C,), "var": (C,)}``.
-    ``momentum`` and ``epsilon`` are the Flax module's arguments (defaults 0.99 and 1e-5;
-    Flax's momentum is a decay). As for Keras, the layer gets ``momentum = 1 - flax momentum``
+    ``momentum`` and ``epsilon`` are the Flax module's arguments, which its variables do not
+    hold: they must be given (Flax's defaults are 0.99 and 1e-5; its momentum is a decay).
+    ``dims``: 1 for BatchNorm1d, 2 for BatchNorm2d. As for Keras, the layer gets ``momentum = 1 - flax momentum``
     and, where supported, ``running_var_estimator = "biased"`` (Flax updates
     ra = momentum * ra + (1 - momentum) * batch with the biased variance).
     """
     who = "batchnorm_from_flax"
+    unset = [name for name, v in (("momentum", momentum), ("epsilon", epsilon)) if v is None]
+    if unset:
+        raise ValueError(f"{who}: {' and '.join(unset)} must be given: they are arguments of the Flax "
+                         f"nn.BatchNorm, not part of its variables (Flax's defaults: momentum=0.99, epsilon=1e-5)")
     for name, d, allowed in (("params", params, {"scale", "bias"}), ("batch_stats", batch_stats, {"mean", "var"})):
         if not hasattr(d, "keys"):
             raise TypeError(f"{who}: {name} must be a dict, got {type(d).__name__}")
