@@ -113,7 +113,7 @@ class Tensor:
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
+    size = property(lambda self: _Size(self.data.size, self.data.shape))
     device = property(lambda self: backend.device_of(self.data))
     is_leaf = property(lambda self: self._ctx is None)
     T = property(lambda self: self.permute(*reversed(range(self.ndim))))   # the dims reversed, as torch's .T
@@ -270,6 +270,14 @@ class Tensor:
     def __matmul__(self, other): return _math().matmul(self, other)
     def __rmatmul__(self, other): return _math().matmul(other, self)
     def __getitem__(self, index): return _math().getitem(self, index)
+
+    def __setitem__(self, index, value):
+        """In-place assignment, for tensors off the tape (as data preparation does)."""
+        if self.requires_grad:
+            raise RuntimeError("in-place assignment to a tensor that requires grad would corrupt its gradient; "
+                               "assign into .data, or into a .detach()ed copy")
+        xp = backend.get_array_module(self.data)
+        self.data[index] = value.data if isinstance(value, Tensor) else xp.asarray(value)
     def __eq__(self, other): return _math().compare(self, other, "eq")
     def __ne__(self, other): return _math().compare(self, other, "ne")
     def __lt__(self, other): return _math().compare(self, other, "lt")
@@ -285,6 +293,8 @@ class Tensor:
     def max(self, *args, **kwargs): return _math().max(self, *args, **kwargs)
     def min(self, *args, **kwargs): return _math().min(self, *args, **kwargs)
     def amax(self, *args, **kwargs): return _math().amax(self, *args, **kwargs)
+    def var(self, *args, **kwargs): return _math().var(self, *args, **kwargs)
+    def std(self, *args, **kwargs): return _math().std(self, *args, **kwargs)
     def amin(self, *args, **kwargs): return _math().amin(self, *args, **kwargs)
     def reshape(self, *shape): return _math().reshape(self, _shape_arg(shape))
     def view(self, *shape): return _math().reshape(self, _shape_arg(shape))
@@ -304,6 +314,19 @@ class Tensor:
     def softmax(self, *args, **kwargs): return _math().softmax(self, *args, **kwargs)
     def log_softmax(self, *args, **kwargs): return _math().log_softmax(self, *args, **kwargs)
     def argmax(self, dim=None, keepdim=False): return _math().argmax(self, dim, keepdim)
+
+
+class _Size(int):
+    """``t.size``: the element count, as NumPy's ``.size``, and callable as torch's ``size()``:
+    ``t.size()`` is the shape, ``t.size(d)`` its length along d."""
+
+    def __new__(cls, count, shape):
+        size = super().__new__(cls, count)
+        size.shape = tuple(shape)
+        return size
+
+    def __call__(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
 
 
 def _math():

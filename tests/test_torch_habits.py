@@ -326,3 +326,58 @@ def test_dlpack_with_torch_shares_memory(torch):
     assert c.numpy().tolist() == [0.0, 1.0, 9.0, 3.0] and c.dtype == numpy.float32
     with pytest.raises(BufferError):
         torch.from_dlpack(cubn.tensor(numpy.ones(2), requires_grad=True))
+
+
+def test_size_var_std_setitem():
+    t = cubn.tensor(X)
+    assert t.size() == (2, 3, 4) and t.size(0) == 2 and t.size(-1) == 4 and t.size == 24   # torch's, and numpy's
+    assert t.view(t.size(0), -1).shape == (2, 12)
+    for kw, ddof in (({}, 1), ({"unbiased": False}, 0), ({"correction": 0}, 0), ({"correction": 2}, 2)):
+        numpy.testing.assert_allclose(t.var(1, **kw).numpy(), X.var(axis=1, ddof=ddof), rtol=1e-12)
+        numpy.testing.assert_allclose(t.std((0, 2), keepdim=True, **kw).numpy(),
+                                      X.std(axis=(0, 2), ddof=ddof, keepdims=True), rtol=1e-12)
+    assert t.var().item() == pytest.approx(X.var(ddof=1))
+    check_autodiff(lambda u: u.var(dim=2), X)
+    check_autodiff(lambda u: u.std(dim=(0, 1), unbiased=False), X)
+    with pytest.raises(TypeError, match="not both"):
+        t.var(0, unbiased=True, correction=1)
+    z = cubn.zeros(2, 3)
+    z[0] = cubn.tensor([1.0, 2.0, 3.0])
+    z[1, 2] = 7.0
+    assert z.numpy().tolist() == [[1, 2, 3], [0, 0, 7]]
+    with pytest.raises(RuntimeError, match="requires grad"):
+        cubn.zeros(2, requires_grad=True)[0] = 1.0
+
+
+def test_embedding():
+    cubn.manual_seed(0)
+    emb = cubn.nn.Embedding(10, 4, padding_idx=0)
+    idx = cubn.tensor(numpy.array([[1, 0, 3], [3, 9, 0]]))
+    out = emb(idx)
+    assert out.shape == (2, 3, 4) and (out.numpy()[0, 1] == 0).all()
+    numpy.testing.assert_array_equal(out.numpy()[1, 0], emb.weight.numpy()[3])
+    dy = rng(9).standard_normal(out.shape)
+    out.backward(dy)
+    numpy.testing.assert_allclose(emb.weight.grad[3], dy[0, 2] + dy[1, 0])
+    assert (emb.weight.grad[0] == 0).all() and (emb.weight.grad[5] == 0).all()
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 10\)"):
+        emb(cubn.tensor(numpy.array([10])))
+    with pytest.raises(TypeError, match="integer indices"):
+        emb(cubn.tensor(numpy.array([1.0])))
+
+
+def test_size_var_and_embedding_follow_torch(torch):
+    t, tt = cubn.tensor(X), torch.tensor(X)
+    assert t.size() == tuple(tt.size()) and t.size(1) == tt.size(1)
+    for kw in ({}, {"unbiased": False}, {"correction": 0}):
+        numpy.testing.assert_allclose(t.var(1, **kw).numpy(), tt.var(1, **kw).numpy(), rtol=1e-12)
+        numpy.testing.assert_allclose(t.std(**kw).numpy(), tt.std(**kw).numpy(), rtol=1e-12)
+    ce, te = cubn.nn.Embedding(10, 4, padding_idx=2).double(), torch.nn.Embedding(10, 4, padding_idx=2).double()
+    ce.weight.data[...] = te.weight.detach().numpy()
+    idx = numpy.array([[1, 2, 3], [3, 9, 2]])
+    yc, yt = ce(cubn.tensor(idx)), te(torch.tensor(idx))
+    numpy.testing.assert_allclose(yc.numpy(), yt.detach().numpy())
+    dy = rng(10).standard_normal(yc.shape)
+    yc.backward(dy)
+    yt.backward(torch.tensor(dy))
+    numpy.testing.assert_allclose(ce.weight.grad, te.weight.grad.numpy(), rtol=1e-12)

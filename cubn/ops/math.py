@@ -368,6 +368,25 @@ def mean(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
     return Mean.apply(x, axes=_axes(dim, x.ndim, name), keepdims=keepdim)
 
 
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
+    """``torch.var``: two-pass, sum((x - mean)^2) / (n - correction); correction 1 (unbiased) by default,
+    ``unbiased=False`` or ``correction=0`` for the biased estimator."""
+    x = as_tensor(x)
+    if unbiased is not None and correction is not None:
+        raise TypeError("var: give unbiased or correction, not both")
+    correction = (1 if unbiased is None or unbiased else 0) if correction is None else correction
+    dim, keepdim, name = _dim("var", dim, keepdim, axis, keepdims)
+    axes = _axes(dim, x.ndim, name)
+    n = _pymath.prod(x.shape[a] for a in axes)
+    d = x - mean(x, axes, keepdim=True)
+    return sum(d * d, axes, keepdim) / float(n - correction)
+
+
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
+    """``torch.std``: sqrt of ``var`` with the same arguments."""
+    return sqrt(var(x, dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims))
+
+
 def amax(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
     """Largest value over ``dim`` (an int, a tuple or None for all), as ``torch.amax``; tied maxima
     share the gradient equally."""
