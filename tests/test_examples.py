@@ -95,3 +95,13 @@ def test_bn_placement_and_eval_mode():
 def test_every_example_has_a_docstring_and_main(name):
     module = load(name)
     assert len(module.__doc__) > 300 and callable(module.main)
+
+
+def test_pytorch_port_runs_as_written(tmp_path):
+    """examples/pytorch_port.py is a PyTorch script with only the imports and the loader changed."""
+    done = subprocess.run([sys.executable, str(EXAMPLES / "pytorch_port.py")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    last = [line for line in done.stdout.splitlines() if line.startswith("epoch 3:")]
+    assert last and float(last[0].rsplit(" ", 1)[1].rstrip("%")) > 90, done.stdout
+    assert "reloaded 6138 parameters" in done.stdout and (tmp_path / "net.npz").is_file()
