@@ -38,3 +38,29 @@ def test_every_readme_snippet_runs(tmp_path, monkeypatch):
     assert len(history["val_accuracy"]) == 10 and history["val_accuracy"][-1] > 0.95, history["val_accuracy"]
     assert namespace["result"].skipped == []                                                # torch import
     assert namespace["accuracy"] > 0.5                                                      # load_model
+
+
+EXCERPT = "<!-- excerpt: "
+DOCS = sorted((README.parent / "docs").glob("*.md"))
+
+
+@pytest.mark.parametrize("page", DOCS, ids=[p.name for p in DOCS])
+def test_every_docs_snippet_runs_or_quotes_the_code(page, tmp_path, monkeypatch):
+    """A page's python blocks run in order in one namespace; a block under an "excerpt" comment quotes
+    a source file instead, and each of its lines must be a line of that file (so it cannot go stale)."""
+    monkeypatch.chdir(tmp_path)
+    text, namespace = page.read_text(), {}
+    for line, code in python_blocks(page):
+        before = text.splitlines()[line - 3] if line >= 3 else ""
+        if before.startswith(EXCERPT):
+            source = README.parent / before[len(EXCERPT):].split(" -->")[0]
+            lines = {s.strip() for s in source.read_text().splitlines()}
+            stale = [s for s in code.splitlines() if s.strip() and s.strip() not in lines]
+            assert not stale, f"{page.name}:{line} quotes lines that {source.name} no longer has: {stale}"
+            continue
+        if "import torch" in code:
+            pytest.importorskip("torch", reason=f"{page.name}:{line} needs torch")
+        try:
+            exec(compile(code, f"{page.name}:{line}", "exec"), namespace)
+        except Exception as e:
+            raise AssertionError(f"the python block at {page.name}:{line} fails: {type(e).__name__}: {e}") from e
