@@ -142,14 +142,19 @@ def show(value):
     return ":".join(str(v) for v in value if v is not None) if isinstance(value, list) else str(value)
 
 
+def for_flag(flag, path, read, *args):
+    """``read(path, *args)``, its file and format errors as one ValueError naming the flag and the path."""
+    try:
+        return read(path, *args)
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ValueError(f"{flag} {path}: {e}") from None
+
+
 def read_checkpoint(path):
     """The checkpoint at ``path`` as cubn.load reads it; errors name --resume."""
-    try:
-        saved = load(path)
-    except OSError as e:
-        raise ValueError(f"--resume {path}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise ValueError(f"--resume {path}: {e}") from None
+    saved = for_flag("--resume", path, load)
     if not isinstance(saved, dict) or saved.get("format") != "cubn-checkpoint":
         raise ValueError(f"--resume {path}: not a cubn training checkpoint")
     return saved
@@ -218,10 +223,7 @@ def cmd_train(args, log=print):
     scheduler = OneCycles(optimizer, lr, [c * len(train_loader) for c in cycles])
 
     if args.resume:       # a checkpoint that cannot resume this model is refused before --out is touched
-        try:
-            train.load_checkpoint(args.resume, models.create(**architecture))
-        except ValueError as e:
-            raise ValueError(f"--resume {args.resume}: {e}") from None
+        for_flag("--resume", args.resume, train.load_checkpoint, models.create(**architecture))
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out} is a file, not a folder")
     os.makedirs(args.out, exist_ok=True)
@@ -253,12 +255,7 @@ def cmd_train(args, log=print):
 
 def cmd_eval(args, log=print):
     """Test accuracy of a model.npz on the raw test split of --data, with the standardization it saved."""
-    try:
-        model, prepare = models.load_model(args.model_file)
-    except OSError as e:
-        raise ValueError(f"--model-file {args.model_file}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise ValueError(f"--model-file {args.model_file}: {e}") from None
+    model, prepare = for_flag("--model-file", args.model_file, models.load_model)
     name, folder = args.data
     _, (x_test, y_test), _ = load_data(name, folder)
     device = ("cuda" if backend.has_gpu() else "cpu") if args.device == "auto" else backend.check_device(args.device)
