@@ -64,3 +64,52 @@ def test_local_backend_in_one_process(monkeypatch):
         dist.init("nccl")
     with pytest.raises(ValueError, match="backend must be"):
         dist.init("gloo")
+
+
+def test_sync_batchnorm_over_three_ranks_equals_one_batchnorm():
+    """Uneven slices (4, 0 and 3 samples) at a 1e4 offset, two steps: outputs, dx, the summed dgamma/dbeta
+    and the running statistics match one BatchNorm2d on the whole batch to 1e-10; bitwise equal on every rank."""
+    assert "ok: outputs, dx" in run_ranks(3, "syncbn.py")
+
+
+def test_sync_batchnorm_in_one_process_is_batchnorm():
+    import cubn
+    import cubn.nn as nn
+    from gradcheck import check_autodiff
+    rng = numpy.random.default_rng(0)
+    x, dy = rng.standard_normal((5, 3, 4)) * 2 + 3, rng.standard_normal((5, 3, 4))
+    sync, bn = nn.SyncBatchNorm(3).double(), nn.BatchNorm1d(3).double()
+    xs, xb = cubn.tensor(x.copy(), requires_grad=True), cubn.tensor(x.copy(), requires_grad=True)
+    ys, yb = sync(xs), bn(xb)
+    ys.backward(dy)
+    yb.backward(dy)
+    numpy.testing.assert_allclose(ys.numpy(), yb.numpy(), rtol=1e-12, atol=1e-12)
+    numpy.testing.assert_allclose(xs.grad, xb.grad, rtol=1e-10, atol=1e-12)
+    numpy.testing.assert_allclose(sync.weight.grad, bn.weight.grad, rtol=1e-10)
+    for key in ("running_mean", "running_var", "num_batches_tracked"):
+        numpy.testing.assert_allclose(sync.state_dict()[key], bn.state_dict()[key], rtol=1e-12)
+    check_autodiff(lambda t, g, b: _sync_with(g, b)(t), x, numpy.array([1.5, 0.5, 2.0]), numpy.array([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        nn.SyncBatchNorm(3)(cubn.tensor(numpy.ones((1, 3), numpy.float32)))
+    with pytest.raises(TypeError, match="does not take mask"):
+        nn.SyncBatchNorm(3)(cubn.tensor(numpy.ones((4, 3), numpy.float32)), mask=numpy.ones((4,), bool))
+
+
+def _sync_with(gamma, beta):
+    """A SyncBatchNorm whose weight and bias are the given tensors (for the finite-difference check)."""
+    import cubn.nn as nn
+    layer = nn.SyncBatchNorm(3, track_running_stats=False).double()
+    layer._parameters["weight"], layer._parameters["bias"] = gamma, beta
+    return layer
+
+
+def test_convert_sync_batchnorm():
+    import cubn.nn as nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.Flatten(), nn.BatchNorm1d(16)),
+                          nn.ReLU(), nn.GhostBatchNorm2d(4, 2))
+    weight = model[1].weight
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert converted is model and isinstance(model[1], nn.SyncBatchNorm) and isinstance(model[2][1], nn.SyncBatchNorm)
+    assert model[1].weight is weight and not isinstance(model[4], nn.SyncBatchNorm)   # parameters kept; Ghost not
+    assert [k for k in model.state_dict() if k.startswith("1.")] == [
+        "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked", "1.num_batches_skipped"]

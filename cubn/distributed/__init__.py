@@ -16,8 +16,12 @@ an uncaught exception in one rank then calls MPI_Abort and ends the whole job, w
 ``pip install "cubn[dist]"`` brings mpi4py and an MPI (the mpich wheel, with its ``mpiexec``). One
 process without MPI installed works as before: ``init("auto")`` falls back to the local backend.
 """
+import os
+
 import numpy
 
+# set by MPI launchers (MPICH/Hydra, Open MPI, PMIx) in every rank they start
+_LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 _OPS = ("sum", "max", "min")
 _backend = None
 
@@ -79,7 +83,8 @@ class MPIBackend:
 
 def init(backend="auto"):
     """Choose the backend for this process (once; a second call with another backend is an error).
-    "auto": MPI when mpi4py imports and the job has more than one rank, else local."""
+    "auto": MPI when an MPI launcher started this process and the job has more than one rank, else
+    local (a plain ``python`` never initializes MPI)."""
     global _backend
     if backend not in ("auto", "mpi", "local", "nccl"):
         raise ValueError(f"backend must be 'auto', 'mpi', 'nccl' or 'local', got {backend!r}")
@@ -97,10 +102,12 @@ def init(backend="auto"):
         except ImportError as e:
             raise RuntimeError("backend='mpi' needs mpi4py and an MPI: pip install 'cubn[dist]'") from e
     else:
-        try:
-            candidate = MPIBackend()
-        except ImportError:
-            candidate = None
+        candidate = None
+        if any(v in os.environ for v in _LAUNCHER_VARS):
+            try:
+                candidate = MPIBackend()
+            except ImportError:
+                candidate = None
         _backend = candidate if candidate is not None and candidate.size > 1 else LocalBackend()
     return _backend.name
 
