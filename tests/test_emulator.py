@@ -182,6 +182,8 @@ def test_launch_limits(stats_v1, grid, block, shared_mem, match):
 
 
 def test_dynamic_shared_memory_beyond_48k_needs_the_opt_in(stats_v1):
+    with pytest.raises(emulate.LaunchError, match="opt in beyond 48 KiB"):
+        stats_v1((3,), (256,), stats_v1_args(x_of((4, 3, 37))), shared_mem=60 * 1024)
     stats_v1.max_dynamic_shared_size_bytes = 64 * 1024
     try:
         stats_v1((3,), (256,), stats_v1_args(x_of((4, 3, 37))), shared_mem=60 * 1024)

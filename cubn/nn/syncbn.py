@@ -61,13 +61,11 @@ class SyncBatchNormTrain(Function):
         local = xp.stack([g.sum(axis=(0, 2)), (g * self.xhat).sum(axis=(0, 2))])   # (sum dy, sum dy*xhat)
         dbeta, dgamma = (xp.asarray(v) for v in distributed.all_reduce(backend.to_numpy(local)))
         scale = self.rstd if self.gamma is None else self.gamma * self.rstd
-        dx = None
         if self.n:
             dx = scale[None, :, None] * (g - (dbeta[None, :, None] + self.xhat * dgamma[None, :, None]) / self.n)
-            dx = dx.astype(self.dtype)
         else:
-            dx = xp.zeros_like(grad)
-        return dx, local[1].astype(self.acc), local[0].astype(self.acc)
+            dx = xp.zeros_like(g)                      # every rank empty: no value to differentiate
+        return dx.astype(self.dtype), local[1].astype(self.acc), local[0].astype(self.acc)
 
 
 class SyncBatchNorm(_BatchNorm):

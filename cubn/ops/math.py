@@ -414,11 +414,15 @@ def _extreme(fn, extreme, arg, x, dim, keepdim, axis, keepdims):
     if isinstance(dim, (tuple, list)):
         raise TypeError(f"{fn} takes one {name} (then it returns values and indices); a{fn} reduces several")
     (d,) = _axes(dim, x.ndim, name)
-    values = extreme(x, d, keepdim)
+    return MaxMin(extreme(x, d, keepdim), _indices(x, arg, d, keepdim))
+
+
+def _indices(x, arg, d, keepdim):
+    """x.data.argmax/argmin along axis d as an int64 Tensor (off the tape), d kept with size 1 if keepdim."""
     indices = getattr(x.data, arg)(axis=d)
     if keepdim:
         indices = backend.get_array_module(indices).expand_dims(indices, d)
-    return MaxMin(values, Tensor(indices.astype("int64")))
+    return Tensor(indices.astype("int64"))
 
 
 def argmax(x, dim=None, keepdim=False):
@@ -426,7 +430,8 @@ def argmax(x, dim=None, keepdim=False):
     x = as_tensor(x)
     if dim is None:
         return Tensor(backend.get_array_module(x.data).asarray(x.data.argmax(), dtype="int64"))
-    return _extreme("max", amax, "argmax", x, dim, keepdim, None, None).indices
+    (d,) = _axes(dim, x.ndim, "dim")
+    return _indices(x, "argmax", d, keepdim)
 
 
 def max(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
