@@ -194,6 +194,40 @@ def batchnorm_backward(shape, dtype, affine):
     return args, lambda: grads(x, ref_bn.batchnorm_backward(*f64(*args)))
 
 
+def batchnorm_stats(shape, dtype, affine):
+    x, _, _, _ = inputs(shape, dtype, affine)
+
+    def reference():
+        mean, var = batch_moments(x)
+        return [(n, v, acc_dtype(x.dtype)) for n, v in (("mean", mean), ("var", var), ("rstd", rstd64(var)))]
+    return (x, EPS), reference
+
+
+def batchnorm_normalize(shape, dtype, affine):
+    x, gamma, beta, _ = inputs(shape, dtype, affine)
+    mean, var = running_stats(x)
+    rstd = acc_stats(x, rstd64(var))[0]
+    return (x, gamma, beta, mean, rstd), lambda: [("y", bn_eval_ref(x, gamma, beta, mean, var, EPS), x.dtype)]
+
+
+def batchnorm_param_grads(shape, dtype, affine):
+    x, _, _, dy = inputs(shape, dtype, affine)
+    mean, var = running_stats(x)
+    args = (dy, x, *acc_stats(x, mean, rstd64(var)))
+    return args, lambda: grads(x, (None,) + ref_bn.batchnorm_param_grads(*f64(*args)))[1:]
+
+
+def batchnorm_dx(shape, dtype, affine):
+    """dx with the sums and count of a larger batch (as SyncBatchNorm passes them): this x is 1/3 of it."""
+    x, gamma, _, dy = inputs(shape, dtype, affine)
+    mean, var = batch_moments(x)
+    rng = np.random.default_rng(9)
+    count = 3 * shape[0] * shape[2]
+    sums = acc_stats(x, *(rng.normal(0, 1, (2, shape[1])) * np.sqrt(count)))
+    args = (dy, x, gamma, *acc_stats(x, mean, rstd64(var)), *sums, count)
+    return args, lambda: [("dx", ref_bn.batchnorm_dx(*f64(*args[:7]), count), x.dtype)]
+
+
 def running_stats(x):
     """A running mean and var near the batch's (C,), in the accumulation dtype."""
     rng = np.random.default_rng(5)
@@ -276,7 +310,8 @@ def rmsnorm_backward(shape, dtype, affine):
 
 # public function -> (module, problem builder (shape, dtype, affine) -> (args, reference))
 PROBLEMS = {f.__name__: (m, f) for m, fs in [
-    ("batchnorm", [batchnorm_forward, batchnorm_backward, batchnorm_inference, batchnorm_inference_backward]),
+    ("batchnorm", [batchnorm_forward, batchnorm_backward, batchnorm_inference, batchnorm_inference_backward,
+                   batchnorm_stats, batchnorm_normalize, batchnorm_param_grads, batchnorm_dx]),
     ("batchrenorm", [batchrenorm_forward, batchrenorm_backward]),
     ("rownorm", [rownorm_forward, rownorm_backward]),
     ("rmsnorm", [rmsnorm_forward, rmsnorm_backward]),

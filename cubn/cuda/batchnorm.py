@@ -29,6 +29,10 @@ VERSIONS = {
     "batchnorm_backward": (1, 2),
     "batchnorm_inference": (1, 2),
     "batchnorm_inference_backward": (1, 2),
+    "batchnorm_stats": (1, 2),
+    "batchnorm_normalize": (1, 2),
+    "batchnorm_param_grads": (1, 2),
+    "batchnorm_dx": (1, 2),
 }
 DEFAULT_VERSIONS = {name: 2 for name in VERSIONS}
 
@@ -120,6 +124,15 @@ def _check_vector(a, name, C, acc, optional=False):
     return backend.get_array_module(a).ascontiguousarray(a, dtype=acc)
 
 
+def _check_count(count, x):
+    """The number of values per channel behind given sums: an integer >= N*S of x."""
+    least = x.shape[0] * x.shape[2]
+    if (isinstance(count, bool) or not isinstance(count, (int, numpy.integer)) or count < max(1, least)):
+        raise ValueError(f"count must be an integer >= max(1, N*S) = {max(1, least)} for x of shape {x.shape}, "
+                         f"got {count!r}")
+    return int(count)
+
+
 def _check_scalar(value, name, acc, low=0.0):
     """A finite real number >= ``low`` as the exact C type of ``acc`` (a Python float would be a double)."""
     if (isinstance(value, bool) or not isinstance(value, (int, float, numpy.integer, numpy.floating))
@@ -207,10 +220,11 @@ def _normalize(x, defines, mean, rstd, gamma, beta, version):
     return y
 
 
-def _dx(dy, x, defines, mean, rstd, gamma, dgamma, dbeta, version):
-    """dx [E8]; dgamma = dbeta = None gives the inference gradient gamma*rstd*dy."""
+def _dx(dy, x, defines, mean, rstd, gamma, dgamma, dbeta, version, count=None):
+    """dx [E8] with the sums over ``count`` values per channel (None: this x's N*S);
+    dgamma = dbeta = None gives the inference gradient gamma*rstd*dy."""
     dx = backend.get_array_module(x).empty_like(x)
-    M = x.shape[0] * x.shape[2]
+    M = x.shape[0] * x.shape[2] if count is None else count
     args = (dy, x, mean, rstd, _ptr(gamma, rstd), _ptr(dgamma, rstd), _ptr(dbeta, rstd), dx, numpy.int64(M))
     _elementwise(("batchnorm_dx_v1", "batchnorm_dx_v2"), defines, x.shape, args, version)
     return dx
@@ -284,3 +298,54 @@ def batchnorm_inference_backward(dy, x, gamma, mean, var, eps, *, version=None):
     rstd = _rstd(var, defines, eps)
     dgamma, dbeta = _param_grads(dy, x, defines, mean, rstd, version)
     return _dx(dy, x, defines, mean, rstd, gamma, None, None, version), dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------- the phases, one call each
+
+def batchnorm_stats(x, eps, *, version=None):
+    """Per-channel (mean, biased var, rstd) of x (N, C, S): the statistics phase of batchnorm_forward."""
+    version = _pick_version(VERSIONS, DEFAULT_VERSIONS, "batchnorm_stats", version)
+    x, defines, acc = _check_input(x)
+    _check_training_size(x)
+    return _batch_stats(x, defines, _check_scalar(eps, "eps", acc), version)
+
+
+def batchnorm_normalize(x, gamma, beta, mean, rstd, *, version=None):
+    """y = gamma*(x - mean)*rstd + beta with given mean and rstd (C,); an empty x gives an empty y."""
+    version = _pick_version(VERSIONS, DEFAULT_VERSIONS, "batchnorm_normalize", version)
+    x, defines, acc = _check_input(x)
+    C = x.shape[1]
+    gamma = _check_vector(gamma, "gamma", C, acc, optional=True)
+    beta = _check_vector(beta, "beta", C, acc, optional=True)
+    mean, rstd = _check_vector(mean, "mean", C, acc), _check_vector(rstd, "rstd", C, acc)
+    if x.size == 0:
+        return backend.get_array_module(x).empty_like(x)
+    return _normalize(x, defines, mean, rstd, gamma, beta, version)
+
+
+def batchnorm_param_grads(dy, x, mean, rstd, *, version=None):
+    """(dgamma, dbeta): per-channel sums of dy*xhat and dy over this x; zeros for an empty x."""
+    version = _pick_version(VERSIONS, DEFAULT_VERSIONS, "batchnorm_param_grads", version)
+    x, defines, acc = _check_input(x)
+    dy = _check_like(dy, x, "dy")
+    C = x.shape[1]
+    mean, rstd = _check_vector(mean, "mean", C, acc), _check_vector(rstd, "rstd", C, acc)
+    if x.size == 0:
+        xp = backend.get_array_module(x)
+        return xp.zeros(C, acc), xp.zeros(C, acc)
+    return _param_grads(dy, x, defines, mean, rstd, version)
+
+
+def batchnorm_dx(dy, x, gamma, mean, rstd, dgamma, dbeta, count, *, version=None):
+    """dx [E8] given the sums dgamma, dbeta (C,) over all ``count`` values of each channel."""
+    version = _pick_version(VERSIONS, DEFAULT_VERSIONS, "batchnorm_dx", version)
+    x, defines, acc = _check_input(x)
+    dy = _check_like(dy, x, "dy")
+    C = x.shape[1]
+    gamma = _check_vector(gamma, "gamma", C, acc, optional=True)
+    mean, rstd = _check_vector(mean, "mean", C, acc), _check_vector(rstd, "rstd", C, acc)
+    dgamma, dbeta = _check_vector(dgamma, "dgamma", C, acc), _check_vector(dbeta, "dbeta", C, acc)
+    count = _check_count(count, x)
+    if x.size == 0:
+        return backend.get_array_module(x).empty_like(x)
+    return _dx(dy, x, defines, mean, rstd, gamma, dgamma, dbeta, version, count)

@@ -1,71 +1,83 @@
 """SyncBatchNorm: BatchNorm whose training statistics are those of the whole batch across processes.
 
-Each rank holds a slice of the global batch (slices may be uneven, or empty). Forward: every rank
-computes the (count, mean, M2) of its slice per channel with two-pass statistics, one
-``all_gather`` exchanges them, and every rank merges them in rank order with Chan's formula in
-float64, so the global mean and variance are exact for any split and bitwise the same on every
-rank (never a sum / sum-of-squares all-reduce, which loses the variance at a large offset).
-Backward: one ``all_reduce`` of the per-channel (sum dy, sum dy*xhat) gives the global terms of
-dx; dgamma and dbeta are this rank's own sums, as PyTorch's SyncBatchNorm returns them, for
-data-parallel training to add up. Running statistics are updated from the merged statistics,
-with BatchNorm's policies (momentum or decay, estimator, nonfinite, degenerate), the same on
-every rank. Eval mode and frozen statistics communicate nothing.
+Each rank holds a slice of the global batch (slices may be uneven, or empty). The layer runs the
+phases of the BatchNorm kernel API (``cubn/ref/__init__.py``; the CUDA kernels on the GPU) with
+one collective between them:
 
-Not yet: CUDA kernels for the local statistics and dx (this is array code, in float64), mask=.
+* forward: ``batchnorm_stats`` gives this slice's per-channel (mean, var), sent as (count, mean,
+  M2 = var*count) in float64; one ``all_gather`` of that (3, C) array; every rank merges the
+  ranks' triples in rank order with Chan's formula in float64, so the global mean and variance are
+  exact for any split and bitwise the same on every rank (never a sum / sum-of-squares
+  all-reduce, which loses the variance at a large offset); ``batchnorm_normalize`` with them.
+* backward: ``batchnorm_param_grads`` gives this slice's (sum dy*xhat, sum dy); one
+  ``all_reduce`` of the (2, C) float64 array gives the global sums, and ``batchnorm_dx`` uses
+  them with the global count. dgamma and dbeta are this rank's own sums, as PyTorch's
+  SyncBatchNorm returns them, for data-parallel training to add up across ranks.
+
+Running statistics are updated from the merged statistics, with BatchNorm's policies (momentum
+or decay, estimator, nonfinite, degenerate), decided on the same numbers on every rank. Eval mode
+and frozen statistics communicate nothing. Not supported: ``mask=``.
 """
 import numpy
 
 from .. import backend, distributed
+from ..ops.norm import _flat, kernel_module
+from ..ref.common import acc_dtype
 from ..tensor import Function
 from . import functional as F
 from .batchnorm import _BatchNorm
 
 
 def chan_merge(parts):
-    """Merge (count, mean, M2) per channel of every rank, rank order: parts is (ranks, 3, C) float64."""
-    n = numpy.zeros(parts.shape[2])
-    mean, m2 = numpy.zeros_like(n), numpy.zeros_like(n)
+    """Merge the (count, mean, M2) of every rank per channel, in rank order (Chan, Golub & LeVeque 1979).
+
+    parts: (ranks, 3, C) float64 array (NumPy or CuPy); returns (count, mean, M2), each (C,).
+    """
+    xp = backend.get_array_module(parts)
+    n = xp.zeros(parts.shape[2])
+    mean, m2 = xp.zeros_like(n), xp.zeros_like(n)
     for nb, mb, m2b in parts:
         total = n + nb
-        w = numpy.divide(nb, total, out=numpy.zeros_like(n), where=total > 0)
+        w = nb / xp.maximum(total, 1)          # 0 while nothing has been seen (total = 0)
         delta = mb - mean
         mean, m2, n = mean + delta * w, m2 + m2b + delta * delta * n * w, total
     return n, mean, m2
 
 
 class SyncBatchNormTrain(Function):
-    """y of this rank's slice x (N, C, S) with the global batch statistics; see the module docstring."""
+    """y of this rank's slice x (N, C, S) with the global batch statistics; see the module docstring.
+
+    Leaves on the instance: ``n`` (values per channel over all ranks) and the merged float64 ``mean``
+    and biased ``var`` (C,) on x's device.
+    """
 
     def forward(self, x, gamma, beta, eps):
         xp = backend.get_array_module(x)
-        xa = x.astype(numpy.float64)
-        count = x.shape[0] * x.shape[2]
-        mean = xa.mean(axis=(0, 2)) if count else xp.zeros(x.shape[1])
-        m2 = ((xa - mean[None, :, None]) ** 2).sum(axis=(0, 2))
-        local = numpy.stack([numpy.full(x.shape[1], float(count)), backend.to_numpy(mean), backend.to_numpy(m2)])
-        n, mean, m2 = chan_merge(distributed.all_gather(local))
-        self.n = float(n[0])
-        self.mean = mean
-        self.var = m2 / self.n if self.n else numpy.zeros_like(m2)
-        rstd = 1.0 / numpy.sqrt(self.var + eps)
-        self.rstd, self.gamma = xp.asarray(rstd), None if gamma is None else gamma.astype(numpy.float64)
-        self.xhat = (xa - xp.asarray(mean)[None, :, None]) * self.rstd[None, :, None]
-        y = self.xhat if gamma is None else self.xhat * self.gamma[None, :, None]
-        y = y if beta is None else y + beta.astype(numpy.float64)[None, :, None]
-        self.dtype, self.acc = x.dtype, (numpy.float32 if gamma is None else gamma.dtype)
-        return y.astype(x.dtype)
+        self.k, acc = kernel_module("batchnorm", x), acc_dtype(x.dtype)
+        N, C, S = x.shape
+        self.x, self.gamma, self.local_n = xp.ascontiguousarray(x), _flat(gamma, acc), N * S
+        local = xp.zeros((3, C))
+        if self.local_n:
+            mean, var, _ = self.k.batchnorm_stats(self.x, eps)
+            local[0], local[1], local[2] = self.local_n, mean, var.astype(numpy.float64) * self.local_n
+        n, self.mean, m2 = chan_merge(distributed.all_gather(local))
+        self.n = int(n[0])
+        self.var = m2 / max(self.n, 1)
+        rstd = 1 / xp.sqrt(self.var + eps)
+        self.stats = (self.mean.astype(acc), rstd.astype(acc))        # what the kernels take
+        return self.k.batchnorm_normalize(self.x, self.gamma, _flat(beta, acc), *self.stats)
 
     def backward(self, grad):
         xp = backend.get_array_module(grad)
-        g = grad.astype(numpy.float64)
-        local = xp.stack([g.sum(axis=(0, 2)), (g * self.xhat).sum(axis=(0, 2))])   # (sum dy, sum dy*xhat)
-        dbeta, dgamma = (xp.asarray(v) for v in distributed.all_reduce(backend.to_numpy(local)))
-        scale = self.rstd if self.gamma is None else self.gamma * self.rstd
-        if self.n:
-            dx = scale[None, :, None] * (g - (dbeta[None, :, None] + self.xhat * dgamma[None, :, None]) / self.n)
+        grad = xp.ascontiguousarray(grad)
+        dgamma, dbeta = self.k.batchnorm_param_grads(grad, self.x, *self.stats)
+        total = distributed.all_reduce(xp.stack([dgamma, dbeta]).astype(numpy.float64))
+        if self.local_n:
+            dg, db = (t.astype(dgamma.dtype) for t in total)
+            dx = self.k.batchnorm_dx(grad, self.x, self.gamma, *self.stats, dg, db, self.n)
         else:
-            dx = xp.zeros_like(g)                      # every rank empty: no value to differentiate
-        return dx.astype(self.dtype), local[1].astype(self.acc), local[0].astype(self.acc)
+            dx = xp.zeros_like(grad)                               # an empty slice: an empty gradient
+        return dx, dgamma, dbeta
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -90,9 +102,7 @@ class SyncBatchNorm(_BatchNorm):
         if not update or action == "no_update":
             return y, None
         var = fn.var * (fn.n / (fn.n - 1)) if self.running_var_estimator == "unbiased" else fn.var
-        xp = backend.get_array_module(x.data)
-        return y, F._fold_running([(self.running_mean, xp.asarray(fn.mean)), (self.running_var, xp.asarray(var))],
-                                  momentum, self.nonfinite, who)
+        return y, F._fold_running([(self.running_mean, fn.mean), (self.running_var, var)], momentum, self.nonfinite, who)
 
     @classmethod
     def convert_sync_batchnorm(cls, module):

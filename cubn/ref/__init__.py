@@ -28,6 +28,11 @@ batchnorm.py      x: (N, C, S), one statistic per channel over M = N*S values
     batchnorm_backward(dy, x, gamma, mean, rstd) -> (dx, dgamma, dbeta)
     batchnorm_inference(x, gamma, beta, mean, var, eps) -> y
     batchnorm_inference_backward(dy, x, gamma, mean, var, eps) -> (dx, dgamma, dbeta)
+  the phases of forward and backward, for statistics merged across processes (SyncBatchNorm):
+    batchnorm_stats(x, eps) -> (mean, var, rstd)                          this x's own statistics
+    batchnorm_normalize(x, gamma, beta, mean, rstd) -> y                 with given mean, rstd
+    batchnorm_param_grads(dy, x, mean, rstd) -> (dgamma, dbeta)          this x's own sums
+    batchnorm_dx(dy, x, gamma, mean, rstd, dgamma, dbeta, count) -> dx   sums over all count values
 batchrenorm.py    x: (N, C, S); r and d are constants for backward
     batchrenorm_forward(x, gamma, beta, running_mean, running_std, rmax, dmax, eps)
         -> (y, mean, var, rstd, r, d)

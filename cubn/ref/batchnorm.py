@@ -57,7 +57,7 @@ def _param_grads(dy, xhat):
     return dy, dgamma, dbeta
 
 
-def _batch_stats(x, eps):
+def batchnorm_stats(x, eps):
     """Per-channel (mean, biased var, rstd) of x (N, C, S), two-pass, in the accumulation dtype."""
     xp = get_array_module(x)
     xa = _acc(x)
@@ -78,10 +78,32 @@ def _mean_or_nan(mean, var):
     return get_array_module(mean).where(var != var, var, mean)
 
 
+def batchnorm_normalize(x, gamma, beta, mean, rstd):
+    """y = gamma*(x - mean)*rstd + beta [E4]-[E5] with given per-channel mean and rstd (C,)."""
+    return _affine(_xhat(x, mean, rstd), gamma, beta, x.dtype)
+
+
+def batchnorm_param_grads(dy, x, mean, rstd):
+    """(dgamma, dbeta) [E6]-[E7]: per-channel sums of dy*xhat and dy over this x's values."""
+    _, dgamma, dbeta = _param_grads(dy, _xhat(x, mean, rstd))
+    return dgamma, dbeta
+
+
+def batchnorm_dx(dy, x, gamma, mean, rstd, dgamma, dbeta, count):
+    """dx [E8] of training BatchNorm, given the per-channel sums dgamma, dbeta over all ``count`` values
+    of each channel (this x's own sums, or those of a batch split over processes: SyncBatchNorm)."""
+    xhat = _xhat(x, mean, rstd)
+    scale = rstd if gamma is None else gamma * rstd
+    # [E8] every x of a channel moves its mean and var: dbeta/M is the gradient that
+    # flows through the mean, xhat*dgamma/M the one that flows through the variance.
+    dx = _per_channel(scale) * (_acc(dy) - (_per_channel(dbeta) + xhat * _per_channel(dgamma)) / count)
+    return dx.astype(x.dtype, copy=False)
+
+
 def batchnorm_forward(x, gamma, beta, eps):
     """Training forward of x (N, C, S) with batch statistics; return (y, mean, var, rstd)."""
-    mean, var, rstd = _batch_stats(x, eps)
-    return _affine(_xhat(x, mean, rstd), gamma, beta, x.dtype), mean, var, rstd
+    mean, var, rstd = batchnorm_stats(x, eps)
+    return batchnorm_normalize(x, gamma, beta, mean, rstd), mean, var, rstd
 
 
 def batchnorm_backward(dy, x, gamma, mean, rstd):
@@ -89,14 +111,8 @@ def batchnorm_backward(dy, x, gamma, mean, rstd):
 
     mean and rstd are the forward's; xhat is recomputed from x.
     """
-    M = x.shape[0] * x.shape[2]
-    xhat = _xhat(x, mean, rstd)
-    dy, dgamma, dbeta = _param_grads(dy, xhat)
-    scale = rstd if gamma is None else gamma * rstd
-    # [E8] every x of a channel moves its mean and var: dbeta/M is the gradient that
-    # flows through the mean, xhat*dgamma/M the one that flows through the variance.
-    dx = _per_channel(scale) * (dy - (_per_channel(dbeta) + xhat * _per_channel(dgamma)) / M)
-    return dx.astype(x.dtype, copy=False), dgamma, dbeta
+    dgamma, dbeta = batchnorm_param_grads(dy, x, mean, rstd)
+    return batchnorm_dx(dy, x, gamma, mean, rstd, dgamma, dbeta, x.shape[0] * x.shape[2]), dgamma, dbeta
 
 
 def batchnorm_inference(x, gamma, beta, mean, var, eps):

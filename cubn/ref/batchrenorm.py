@@ -23,14 +23,14 @@ rmax=1, dmax=0 give r=1, d=0 and exactly BatchNorm's results.
 """
 from cubn.backend import get_array_module
 # Batch Renorm is BatchNorm plus r and d: BN's private pieces, not copies of them.
-from cubn.ref.batchnorm import _affine, _batch_stats, _per_channel, _xhat
+from cubn.ref.batchnorm import _affine, _per_channel, _xhat, batchnorm_stats
 from cubn.ref.batchnorm import batchnorm_backward as _batchnorm_backward
 
 
 def batchrenorm_forward(x, gamma, beta, running_mean, running_std, rmax, dmax, eps):
     """Training forward of x (N, C, S); return (y, mean, var, rstd, r, d)."""
     xp = get_array_module(x)
-    mean, var, rstd = _batch_stats(x, eps)                                         # [E1]-[E3]
+    mean, var, rstd = batchnorm_stats(x, eps)                                       # [E1]-[E3]
     t = var.dtype.type  # Python or NumPy scalars must not promote float32 statistics
     r = xp.clip(xp.sqrt(var + t(eps)) / running_std, t(1 / rmax), t(rmax))         # [R1]
     d = xp.clip((mean - running_mean) / running_std, t(-dmax), t(dmax))            # [R2]
