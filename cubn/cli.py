@@ -24,11 +24,12 @@ import sys
 
 import numpy
 
-from . import __version__, backend, models, optim, random, train
+from . import __version__, backend, distributed, models, nn, optim, random, train
 from .serialization import load
 from .data import (
     Compose,
     DataLoader,
+    DistributedSampler,
     RandomCrop,
     RandomHorizontalFlip,
     load_cifar10,
@@ -202,7 +203,18 @@ def plot_curves(history, path, title):
     return path
 
 
+def data_parallel(model, batch_size, world):
+    """The model for a run of ``world`` processes: SyncBatchNorm inside DistributedDataParallel."""
+    if batch_size % world:
+        raise ValueError(f"--batch-size {batch_size} must be a multiple of the number of processes ({world}): "
+                         f"it is the global batch, split evenly over them")
+    return nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(model))
+
+
 def cmd_train(args, log=print):
+    world = distributed.world_size()        # > 1 under mpiexec: a data-parallel run (docs/distributed.md)
+    if distributed.rank() != 0:
+        log = lambda *a, **k: None          # noqa: E731  -- rank 0 speaks for the run
     options, cycles, epochs = run_options(args, log)
     (name, folder), model_name, norm = options["data"], options["model"], options["norm"]
     batch_size, lr, seed = options["batch_size"], options["lr"], options["seed"]
@@ -216,21 +228,32 @@ def cmd_train(args, log=print):
                     "num_classes": int(y_train.max()) + 1, "image_size": [int(s) for s in x_train.shape[2:]]}
     model = models.create(**architecture)
     model.to(device)
-    train_loader = DataLoader(x_train, y_train, batch_size, shuffle=True, drop_last=len(x_train) > batch_size,
-                              seed=seed, device=device, augment=augment)
-    test_loader = DataLoader(x_test, y_test, 512, device=device)
+    drop_last = len(x_train) > batch_size
+    if world == 1:
+        train_loader = DataLoader(x_train, y_train, batch_size, shuffle=True, drop_last=drop_last,
+                                  seed=seed, device=device, augment=augment)
+        test_loader = DataLoader(x_test, y_test, 512, device=device)
+        trained = model
+    else:                 # each rank: its shard of every epoch, batch_size / world of each global batch
+        trained = data_parallel(model, batch_size, world)
+        train_loader = DataLoader(x_train, y_train, batch_size // world, drop_last=drop_last, seed=seed, device=device,
+                                  augment=augment, sampler=DistributedSampler(len(x_train), seed=seed))
+        test_loader = DataLoader(x_test, y_test, 512, device=device,
+                                 sampler=DistributedSampler(len(x_test), shuffle=False, pad=False))
     optimizer = make_optimizer(options["optimizer"], model, lr, options["weight_decay"])
     scheduler = OneCycles(optimizer, lr, [c * len(train_loader) for c in cycles])
 
     if args.resume:       # a checkpoint that cannot resume this model is refused before --out is touched
-        for_flag("--resume", args.resume, train.load_checkpoint, models.create(**architecture))
+        fresh = models.create(**architecture)
+        for_flag("--resume", args.resume, train.load_checkpoint, fresh if world == 1 else data_parallel(fresh, batch_size, world))
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out} is a file, not a folder")
     os.makedirs(args.out, exist_ok=True)
     n_params = sum(int(p.data.size) for p in model.parameters())
     log(f"cubn {__version__}: {model_name} (norm={norm}, {n_params:,} weights) on {name} "
         f"({len(x_train)} train / {len(x_test)} test images {tuple(x_train.shape[1:])}), device {device}, "
-        f"{epochs} epochs of batch {batch_size}, {options['optimizer']} lr {lr} one-cycle")
+        f"{epochs} epochs of batch {batch_size}, {options['optimizer']} lr {lr} one-cycle"
+        + (f", {world} processes (SyncBatchNorm, DistributedDataParallel)" if world > 1 else ""))
 
     def report(epoch, history):
         write_metrics(history, args.out)
@@ -239,10 +262,12 @@ def cmd_train(args, log=print):
                 f"test loss {history['val_loss'][-1]:.4f}  test acc {history['val_accuracy'][-1]:.4f}  "
                 f"{history['images_per_s'][-1]:.0f} img/s")
 
-    history = train.fit(model, train_loader, optimizer, epochs, val_loader=test_loader, scheduler=scheduler,
+    history = train.fit(trained, train_loader, optimizer, epochs, val_loader=test_loader, scheduler=scheduler,
                         scheduler_interval="batch", checkpoint=os.path.join(args.out, "checkpoint.npz"),
                         resume=args.resume, progress=args.progress, on_epoch_end=report,
                         meta={"run": {**options, "cycles": cycles}})
+    if distributed.rank() != 0:
+        return history
     write_metrics(history, args.out)      # also when a resumed run had no epoch left to do
     models.save_model(os.path.join(args.out, "model.npz"), model, architecture, mean, std)
     png = plot_curves(history, os.path.join(args.out, "curves.png"), f"{model_name} norm={norm} on {name}")

@@ -14,7 +14,9 @@ inputs (``parents``). That chain of ``_ctx`` links is the tape.
 recursion limit, so a 10,000-layer chain works), walks it in reverse, calls
 each ``backward`` once and accumulates the gradient of every input with ``+=``.
 Leaves (tensors made by the user with ``requires_grad=True``) keep their
-gradient in ``.grad``; the graph is freed as it is walked.
+gradient in ``.grad``; the graph is freed as it is walked. Callbacks given to
+``on_backward_end`` run after every backward (DistributedDataParallel reduces
+the gradients there).
 
 This file knows nothing about devices or kernels: ops live in ``cubn.ops``.
 """
@@ -44,6 +46,25 @@ def no_grad():
 
 
 _FREED = "freed"  # stands in _ctx of a node whose graph a backward already walked
+_backward_end = {}   # id -> callback, run in registration order at the end of every backward
+
+
+class _CallbackHandle:
+    def __init__(self, key):
+        self.key = key
+
+    def remove(self):
+        _backward_end.pop(self.key, None)
+
+
+def on_backward_end(fn):
+    """Call ``fn()`` at the end of every ``Tensor.backward()``, once every leaf has its gradient.
+
+    Returns a handle whose ``remove()`` unregisters ``fn``.
+    """
+    key = object()
+    _backward_end[key] = fn
+    return _CallbackHandle(key)
 
 
 class Function:
@@ -255,6 +276,8 @@ class Tensor:
                 key = id(parent)
                 # Not +=: a backward may hand the same array to several inputs (or pass grad= through).
                 grads[key] = pg if key not in grads else grads[key] + pg
+        for fn in list(_backward_end.values()):
+            fn()
 
     # ---- operators (implemented in cubn.ops.math) -------------------------
     def __add__(self, other): return _math().add(self, other)

@@ -4,9 +4,11 @@ Multi-process cases start ``mpiexec -n N python -m mpi4py`` with a timeout; they
 where mpiexec or mpi4py is missing or MPI cannot start (a preflight job tells which), and fail
 when MPI starts but a collective is wrong.
 """
+import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy
@@ -32,11 +34,12 @@ def mpiexec():
     return exe
 
 
-def run_ranks(n, script):
-    done = subprocess.run([mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py", str(SCRIPTS / script)],
-                          capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, f"{script} on {n} ranks failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+def run_ranks(n, script, *args, check=True, timeout=TIMEOUT):
+    done = subprocess.run([mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py", str(SCRIPTS / script), *args],
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, f"{script} on {n} ranks failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout if check else done
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -69,10 +72,40 @@ def test_local_backend_in_one_process(monkeypatch):
         dist.init("gloo")
 
 
-def test_sync_batchnorm_over_three_ranks_equals_one_batchnorm():
-    """Uneven slices (4, 0 and 3 samples) at a 1e4 offset, two steps: outputs, dx, the summed dgamma/dbeta
-    and the running statistics match one BatchNorm2d on the whole batch to 1e-10; bitwise equal on every rank."""
-    assert "ok: outputs, dx" in run_ranks(3, "syncbn.py")
+@pytest.mark.parametrize("split", ["4,4", "5,2,0", "1,0,6,1"])
+def test_sync_batchnorm_over_ranks_equals_one_batchnorm(split):
+    """Slices of the batch per rank, some empty, at a 1e4 offset, two steps: outputs, dx, the summed
+    dgamma/dbeta and the running statistics match one BatchNorm2d on the whole batch to 1e-10 (float64),
+    bitwise equal on every rank; float32 as accurate as one process; eval and frozen statistics silent."""
+    assert f"ok: slices [{split.replace(',', ', ')}]" in run_ranks(split.count(",") + 1, "syncbn.py", split)
+
+
+def test_ddp_over_two_ranks_equals_one_process(tmp_path):
+    out = run_ranks(2, "ddp.py", str(tmp_path))
+    for part in ("ddp (4, 4) grad_reduction=mean", "ddp (4, 4) grad_reduction=sum", "ddp (5, 3) grad_reduction=sum",
+                 "ddp (8, 0) grad_reduction=sum", "eval: no collective call", "no_sync", "sampler", "fit: a resumed"):
+        assert f"ok {part}" in out, f"{part!r} missing from:\n{out}"
+
+
+def test_a_failing_rank_aborts_the_job_within_seconds():
+    start = time.perf_counter()
+    done = run_ranks(2, "abort.py", check=False, timeout=60)
+    assert done.returncode != 0 and "rank 1 fails on purpose" in done.stderr, done.stderr
+    assert "passed a barrier" not in done.stdout
+    assert time.perf_counter() - start < 30
+
+
+def test_cli_trains_the_main_job_on_two_processes(tmp_path):
+    exe = mpiexec()
+    done = subprocess.run([exe, "-n", "2", sys.executable, "-m", "mpi4py", "-m", "cubn", "train", "--epochs", "2",
+                           "--no-progress", "--out", str(tmp_path)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "2 processes (SyncBatchNorm, DistributedDataParallel)" in lines[0]
+    assert sum(line.startswith("epoch") for line in lines) == 2, "rank 0 alone reports each epoch"
+    rows = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(rows) == 2 and rows[-1]["val_accuracy"] > 0.9
+    assert {p.name for p in tmp_path.iterdir()} >= {"metrics.csv", "metrics.json", "checkpoint.npz", "model.npz"}
 
 
 def test_sync_batchnorm_in_one_process_is_batchnorm():
@@ -116,3 +149,49 @@ def test_convert_sync_batchnorm():
     assert model[1].weight is weight and not isinstance(model[4], nn.SyncBatchNorm)   # parameters kept; Ghost not
     assert [k for k in model.state_dict() if k.startswith("1.")] == [
         "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked", "1.num_batches_skipped"]
+
+
+def test_convert_refuses_batch_renorm_by_name():
+    import cubn.nn as nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.BatchRenorm2d(4)))
+    with pytest.raises(ValueError, match=r"1\.0 is a BatchRenorm2d, and Batch Renorm has no synchronized form"):
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def test_ddp_in_one_process_is_the_module():
+    import cubn
+    import cubn.nn as nn
+    import cubn.nn.functional as F
+    model = nn.Sequential(nn.Linear(3, 2))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    x = cubn.tensor(numpy.ones((4, 3), numpy.float32))
+    F.cross_entropy(ddp(x), cubn.tensor(numpy.array([0, 1, 0, 1]))).backward()
+    grad = model[0].weight.grad.copy()
+    model.zero_grad()
+    F.cross_entropy(model(x), cubn.tensor(numpy.array([0, 1, 0, 1]))).backward()
+    assert (model[0].weight.grad == grad).all()
+    assert list(ddp.state_dict()) == ["module.0.weight", "module.0.bias"]
+    with pytest.raises(ValueError, match="grad_reduction must be one of 'mean', 'sum'"):
+        nn.parallel.DistributedDataParallel(model, grad_reduction="avg")
+    with pytest.raises(ValueError, match="bucket_cap_mb must be a number > 0"):
+        nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0)
+    with pytest.raises(TypeError, match="module must be a cubn.nn.Module"):
+        nn.parallel.DistributedDataParallel(lambda x: x)
+
+
+def test_sampler_arguments_and_loader():
+    from cubn.data import DataLoader, DistributedSampler
+    s = DistributedSampler(list(range(7)), num_replicas=3, rank=2, shuffle=False, pad=False)
+    assert s.indices().tolist() == [2, 5] and len(s) == 2 and s.num_samples == 3
+    assert DistributedSampler(7, num_replicas=3, rank=2, shuffle=False).indices().tolist() == [2, 5, 1]  # padded
+    assert DistributedSampler(7, num_replicas=3, rank=2, shuffle=False, drop_last=True).indices().tolist() == [2, 5]
+    loader = DataLoader(numpy.arange(7.0)[:, None], numpy.arange(7), 2, sampler=s)
+    assert len(loader) == 2 and [b[1].numpy().tolist() for b in loader] == [[2, 5], []]   # same count on every rank
+    s.set_epoch(4)
+    assert loader.state_dict()["sampler"] == {"seed": 0, "epoch": 4}
+    for kwargs, match in ((dict(rank=3), "rank must be in"), (dict(num_replicas=0), "num_replicas must be"),
+                          (dict(drop_last=True, pad=False), "contradict"), (dict(seed=-1), "seed must be")):
+        with pytest.raises(ValueError, match=match):
+            DistributedSampler(7, **{"num_replicas": 3, "rank": 0, **kwargs})
+    with pytest.raises(ValueError, match="exclusive with shuffle=True"):
+        DataLoader(numpy.zeros((7, 1)), numpy.zeros(7), 2, shuffle=True, sampler=s)

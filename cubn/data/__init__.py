@@ -8,7 +8,9 @@ from .cifar import load_cifar10
 from .digits import load_digits
 from .loader import Compose, DataLoader, Normalize, RandomCrop, RandomHorizontalFlip
 from .mnist import load_mnist
+from .sampler import DistributedSampler
 from .synthetic import spirals, synthetic_cifar
 
 __all__ = ["load_digits", "load_mnist", "load_cifar10", "spirals", "synthetic_cifar",
-           "DataLoader", "Compose", "RandomCrop", "RandomHorizontalFlip", "Normalize"]
+           "DataLoader", "Compose", "RandomCrop", "RandomHorizontalFlip", "Normalize",
+           "DistributedSampler"]

@@ -26,13 +26,17 @@ class DataLoader:
     device: 'cpu' or 'cuda' (None: where ``images`` are); the data is moved there once at construction.
     augment: None or a callable ``(x, rng) -> x`` (e.g. ``Compose([RandomCrop(32, 4),
         RandomHorizontalFlip()])``), given ``numpy.random.default_rng([seed, epoch, 1])``.
+    sampler: None, or an iterable of sample indices read anew each epoch (``DistributedSampler``
+        for data-parallel runs; exclusive with ``shuffle``, as in PyTorch). The number of batches
+        comes from its ``num_samples`` when it has one (the same on every rank), else its length;
+        batches past the sampler's last index are empty.
 
     Each ``iter()`` is one epoch and advances ``epoch``; ``state_dict()`` holds seed and epoch, so a
     loader given ``load_state_dict(saved)`` replays the same next epochs (order and augmentation).
     """
 
     def __init__(self, images, labels, batch_size, shuffle=False, drop_last=False, seed=None,
-                 device="cpu", augment=None):
+                 device="cpu", augment=None, sampler=None):
         images, labels = _as_array(images), _as_array(labels)
         if len(images) != len(labels):
             raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
@@ -44,6 +48,10 @@ class DataLoader:
             raise ValueError(f"seed must be an integer >= 0 or None, got {seed!r}")
         if augment is not None and not callable(augment):
             raise TypeError(f"augment must be None or a callable (x, rng) -> x, got {augment!r}")
+        if sampler is not None and (shuffle or not hasattr(sampler, "__iter__")):
+            raise ValueError("sampler must be an iterable of indices, and is exclusive with shuffle=True "
+                             f"(the sampler shuffles), got sampler={sampler!r}, shuffle={shuffle!r}")
+        self.sampler = sampler
         self.device = backend.check_device(device) or backend.device_of(images)
         self.images = backend.to_device(images, self.device)
         self.labels = backend.to_device(labels, self.device)
@@ -51,7 +59,8 @@ class DataLoader:
         self.seed, self.epoch, self.augment = int(seed), 0, augment
 
     def __len__(self):
-        n = len(self.labels)
+        n = len(self.labels) if self.sampler is None else getattr(self.sampler, "num_samples", None)
+        n = len(self.sampler) if n is None else n
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
@@ -61,8 +70,14 @@ class DataLoader:
     def _batches(self, epoch):
         order = None
         if self.shuffle:
-            perm = numpy.random.default_rng([self.seed, epoch, 0]).permutation(len(self.labels))
-            order = backend.to_device(perm, self.device)
+            order = numpy.random.default_rng([self.seed, epoch, 0]).permutation(len(self.labels))
+        elif self.sampler is not None:
+            order = numpy.fromiter(iter(self.sampler), numpy.int64)
+            if len(order) and (order.min() < 0 or order.max() >= len(self.labels)):
+                raise IndexError(f"the sampler gave indices outside [0, {len(self.labels)}): "
+                                 f"{int(order.min())}..{int(order.max())}")
+        if order is not None:
+            order = backend.to_device(order, self.device)
         rng = numpy.random.default_rng([self.seed, epoch, 1])
         for i in range(len(self)):
             index = slice(i * self.batch_size, (i + 1) * self.batch_size)
@@ -74,10 +89,15 @@ class DataLoader:
             yield Tensor(x), Tensor(self.labels[index])
 
     def state_dict(self):
-        return {"seed": self.seed, "epoch": self.epoch}
+        state = {"seed": self.seed, "epoch": self.epoch}
+        if hasattr(self.sampler, "state_dict"):
+            state["sampler"] = self.sampler.state_dict()
+        return state
 
     def load_state_dict(self, state):
         self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+        if "sampler" in state and hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(state["sampler"])
 
 
 def _as_array(a):

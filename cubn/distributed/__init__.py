@@ -5,6 +5,7 @@
     all_reduce(x, op="sum" | "max" | "min")  -> the elementwise reduction over every rank's x
     all_gather(x)                            -> (world_size, *x.shape): every rank's x, in rank order
     broadcast(x, root=0)                     -> root's x on every rank
+    all_gather_object(obj)                   -> [every rank's obj] (small JSON-like values; pickled by mpi4py)
 
 Arrays are NumPy or CuPy arrays, and the result is on x's device: the MPI backend carries host
 buffers (a CuPy array is copied to the host and back), the NCCL backend carries CuPy buffers on
@@ -196,6 +197,12 @@ def world_size():
 
 def barrier():
     _current().barrier()
+
+
+def all_gather_object(obj):
+    """Every rank's ``obj`` in rank order, e.g. a random generator's state (mpi4py pickles it in transit:
+    use it for small values of your own program, never for data from elsewhere)."""
+    return list(_current().all_gather_objects(obj))
 
 
 def _checked(fn, x):

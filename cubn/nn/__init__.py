@@ -1,5 +1,5 @@
 """Layers (PyTorch-shaped) and the functional API (``cubn.nn.functional``)."""
-from . import functional, init, utils
+from . import functional, init, parallel, utils
 from .batchnorm import (BatchNorm1d, BatchNorm2d, BatchNorm3d, freeze_batchnorm, name_norm_layers,
                         unfreeze_batchnorm)
 from .batchrenorm import BatchRenorm1d, BatchRenorm2d
@@ -18,7 +18,7 @@ from .rmsnorm import RMSNorm
 from .rownorm import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm
 from .syncbn import SyncBatchNorm
 
-__all__ = ["functional", "init", "utils", "Module", "ModuleDict", "ModuleList", "Parameter", "Sequential", "Linear", "ReLU", "Identity",
+__all__ = ["functional", "init", "parallel", "utils", "Module", "ModuleDict", "ModuleList", "Parameter", "Sequential", "Linear", "ReLU", "Identity",
            "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchRenorm1d", "BatchRenorm2d",
            "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
            "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Dropout", "LeakyReLU", "GELU",

@@ -26,6 +26,7 @@ from ..ref.common import acc_dtype
 from ..tensor import Function
 from . import functional as F
 from .batchnorm import _BatchNorm
+from .batchrenorm import _BatchRenorm
 
 
 def chan_merge(parts):
@@ -108,12 +109,23 @@ class SyncBatchNorm(_BatchNorm):
     def convert_sync_batchnorm(cls, module):
         """A copy-free conversion: every BatchNorm1d/2d/3d in ``module`` (or ``module`` itself) becomes a
         SyncBatchNorm with the same arguments, parameters and buffers; returns the converted module.
-        Batch Renorm, masked and Ghost BatchNorm are not converted (no synchronized form yet)."""
+
+        Batch Renorm has no synchronized form here, and keeping it per-rank inside a converted model
+        would be a silent difference, so a model that holds one raises ValueError naming the layer.
+        Ghost BatchNorm is left as it is: its statistics are per virtual batch, local by design.
+        """
+        return cls._convert(module, "")
+
+    @classmethod
+    def _convert(cls, module, path):
+        if isinstance(module, _BatchRenorm):
+            raise ValueError(f"convert_sync_batchnorm: {path or 'the module'} is a {type(module).__name__}, and Batch "
+                             f"Renorm has no synchronized form in cubn; use BatchNorm (norm 'bn'), or keep one process")
         if isinstance(module, _BatchNorm) and type(module) is not cls and type(module).__name__.startswith("BatchNorm"):
             sync = cls.__new__(cls)
             sync.__dict__.update(module.__dict__)
             return sync
         for name, child in list(module._modules.items()):
             if child is not None:
-                module._modules[name] = cls.convert_sync_batchnorm(child)
+                module._modules[name] = cls._convert(child, f"{path}.{name}" if path else name)
         return module

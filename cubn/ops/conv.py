@@ -118,7 +118,7 @@ class MaxPool2d(_Pool2d):
     fill = -float("inf")
 
     def reduce(self, win):
-        flat = win.reshape(win.shape[:4] + (-1,))
+        flat = win.reshape(win.shape[:4] + (self.kernel[0] * self.kernel[1],))
         self.arg = flat.argmax(axis=-1)
         # gather rather than flat.max: NumPy reduces a short last axis slowly, and argmax is needed anyway
         return get_array_module(win).take_along_axis(flat, self.arg[..., None], -1)[..., 0]

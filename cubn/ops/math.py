@@ -506,7 +506,8 @@ def flatten(x, start_dim=0, end_dim=-1):
     end = _one_axis(end_dim, len(shape), "end_dim")
     if start > end:
         raise ValueError(f"start_dim={start_dim} comes after end_dim={end_dim}")
-    return reshape(x, shape[:start] + (-1,) + shape[end + 1:])
+    merged = _pymath.prod(shape[start:end + 1])                # not -1: an empty batch has no size to infer from
+    return reshape(x, shape[:start] + (merged,) + shape[end + 1:])
 
 
 def getitem(x, index):

@@ -8,23 +8,26 @@ Contents (``cubn.save``'s format: arrays plus a JSON tree, read back with ``allo
      "scheduler": scheduler.state_dict() or None,
      "loaders": {"train": {"seed", "epoch"}, "val": ... or None},
      "random": cubn.random.get_state(),  (the generator behind initialization and Dropout)
+     "random_ranks": [each rank's state] in a data-parallel run (``fit`` saves them), else None
      "history": the history so far,
      "meta": what the caller passed as meta (``cubn train``: the run's options), or None}
 """
-from .. import random
+from .. import distributed, random
 from ..serialization import load, save
 
 FORMAT, VERSION = "cubn-checkpoint", 1
 
 
-def save_checkpoint(path, model, optimizer, scheduler=None, loaders=None, epoch=0, history=None, meta=None):
-    """Write a checkpoint to ``path`` atomically (a crash mid-write keeps the previous file)."""
+def save_checkpoint(path, model, optimizer, scheduler=None, loaders=None, epoch=0, history=None, meta=None,
+                    random_ranks=None):
+    """Write a checkpoint to ``path`` atomically (a crash mid-write keeps the previous file).
+    ``random_ranks``: every rank's ``cubn.random.get_state()``, for a data-parallel run to resume exactly."""
     loaders = loaders or {}
     save({"format": FORMAT, "version": VERSION, "epoch": int(epoch),
           "model": model.state_dict(), "optimizer": optimizer.state_dict(),
           "scheduler": None if scheduler is None else scheduler.state_dict(),
           "loaders": {name: None if loader is None else loader.state_dict() for name, loader in loaders.items()},
-          "random": random.get_state(), "history": history or {}, "meta": meta}, path)
+          "random": random.get_state(), "random_ranks": random_ranks, "history": history or {}, "meta": meta}, path)
 
 
 def load_checkpoint(path, model, optimizer=None, scheduler=None, loaders=None):
@@ -52,5 +55,7 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, loaders=None):
         saved = state["loaders"].get(name)
         if loader is not None and saved is not None:
             loader.load_state_dict(saved)
-    random.set_state(state["random"])
+    ranks = state.get("random_ranks")
+    rank, size = distributed.rank(), distributed.world_size()
+    random.set_state(ranks[rank] if ranks is not None and len(ranks) == size else state["random"])
     return state

@@ -13,10 +13,20 @@ One epoch is the loop every PyTorch user writes by hand::
 The loss and the number of correct predictions are summed on the device and read back only
 every ``REFRESH`` batches (for the progress bar) and at the end of the epoch: reading a number
 from the GPU waits for every queued kernel, and doing it each batch would stall the pipeline.
+
+Data-parallel runs (several processes under ``cubn.distributed``, the model wrapped in
+``nn.parallel.DistributedDataParallel``) call ``fit`` on every rank with the same arguments.
+Each rank trains on its own shard (``DistributedSampler``; ``fit`` calls its ``set_epoch`` before
+each epoch), the epoch's loss and accuracy are summed over all ranks (so the history holds the
+numbers of the whole data set, the same on every rank), and only rank 0 shows the progress bar,
+writes the checkpoint (with every rank's random state) and calls ``on_epoch_end``.
 """
 import math
 import time
 
+import numpy
+
+from .. import distributed, random
 from ..nn import Module
 from ..nn import functional as F
 from ..optim import Optimizer
@@ -43,7 +53,12 @@ class _Totals:
             self.has_accuracy = False
 
     def means(self):
-        """(mean loss, accuracy or None) as Python floats: this reads from the device."""
+        """(mean loss, accuracy or None) over every rank, as Python floats: this reads from the device."""
+        if distributed.world_size() > 1:
+            sums = distributed.all_reduce(numpy.array([float(self.loss), float(self.correct), self.count,
+                                                       self.has_accuracy]), "sum")
+            self.loss, self.correct, self.count = sums[0], sums[1], int(sums[2])
+            self.has_accuracy = bool(sums[3] == distributed.world_size())
         if self.count == 0:
             return math.nan, None
         accuracy = float(self.correct) / self.count if self.has_accuracy else None
@@ -139,11 +154,13 @@ def fit(model, train_loader, optimizer, epochs, val_loader=None, scheduler=None,
         the saved epoch up to ``epochs``, giving the same numbers as a run never interrupted
         (on the CPU bit for bit; on the GPU too for models without Dropout).
     progress: show a tqdm progress bar with loss, accuracy and images/s.
-    on_epoch_end: optional ``callback(epoch, history)`` after each epoch's checkpoint.
+    on_epoch_end: optional ``callback(epoch, history)`` after each epoch's checkpoint (rank 0 only).
     meta: anything ``cubn.save`` stores (dicts, lists, numbers, strings), kept in every checkpoint
         under "meta" (``cubn train`` keeps the run's options there).
     """
     _check_fit_args(model, train_loader, optimizer, epochs, scheduler_interval)
+    lead = distributed.rank() == 0           # the rank that reports and saves
+    progress = progress and lead
     loss_fn = loss_fn or F.cross_entropy
     loaders = {"train": train_loader, "val": val_loader}
     history, first = {key: [] for key in HISTORY_KEYS}, 0
@@ -151,6 +168,9 @@ def fit(model, train_loader, optimizer, epochs, val_loader=None, scheduler=None,
         saved = load_checkpoint(resume, model, optimizer, scheduler, loaders)
         history, first = saved["history"], saved["epoch"]
     for epoch in range(first, epochs):
+        sampler = getattr(train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
         bar = _progress_bar(len(train_loader), epoch + 1, epochs, progress)
         lr = optimizer.param_groups[0]["lr"]
         try:
@@ -170,7 +190,10 @@ def fit(model, train_loader, optimizer, epochs, val_loader=None, scheduler=None,
         for key, value in zip(HISTORY_KEYS, row):
             history[key].append(value)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, loaders, epoch + 1, history, meta)
-        if on_epoch_end is not None:
+            ranks = distributed.all_gather_object(random.get_state()) if distributed.world_size() > 1 else None
+            if lead:
+                save_checkpoint(checkpoint, model, optimizer, scheduler, loaders, epoch + 1, history, meta, ranks)
+            distributed.barrier()             # no rank runs ahead to a resume of a file still being written
+        if on_epoch_end is not None and lead:
             on_epoch_end(epoch + 1, history)
     return history

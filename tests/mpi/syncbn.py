@@ -1,6 +1,10 @@
-"""Run under `mpiexec -n 3 python -m mpi4py tests/mpi/syncbn.py`: SyncBatchNorm over uneven and empty slices
-equals one BatchNorm on the whole batch (float64, to 1e-10), running statistics bitwise equal on every rank;
-rank 0 prints "ok" and what it compared."""
+"""Run under `mpiexec -n R python -m mpi4py tests/mpi/syncbn.py 5,2,0` (one batch size per rank): SyncBatchNorm
+over those slices equals one BatchNorm2d on the whole batch (float64, to 1e-10: outputs, dx, the summed
+dgamma/dbeta, running statistics), the running statistics are bitwise equal on every rank, float32 at a 1e4
+offset is as accurate as one process, every rank empty changes nothing, eval and frozen statistics make no
+collective call; rank 0 prints "ok" and what it compared."""
+import sys
+
 import numpy
 from mpi4py import MPI
 
@@ -9,10 +13,11 @@ import cubn.nn as nn
 from cubn import distributed as dist
 
 comm = MPI.COMM_WORLD
+sizes = [int(s) for s in sys.argv[1].split(",")]
 r, size = dist.rank(), dist.world_size()
-assert size == 3
-splits = [(0, 4), (4, 4), (4, 7)]                    # 4, 0 (empty) and 3 samples
-lo, hi = splits[r]
+assert size == len(sizes), f"{len(sizes)} slices for {size} ranks"
+lo, hi = sum(sizes[:r]), sum(sizes[:r + 1])
+total = sum(sizes)
 
 
 def weights(layer):
@@ -21,11 +26,26 @@ def weights(layer):
     return layer
 
 
+def calls_of(fn):
+    """Run fn() and count the collectives it makes on this rank."""
+    seen = []
+    backend = dist._current()
+    saved = {name: getattr(backend, name) for name in ("all_gather", "broadcast", "all_gather_objects", "barrier")}
+    for name, method in saved.items():
+        setattr(backend, name, lambda *a, _m=method, _n=name, **k: (seen.append(_n), _m(*a, **k))[1])
+    try:
+        fn()
+    finally:
+        for name, method in saved.items():
+            setattr(backend, name, method)
+    return seen
+
+
 sync = weights(nn.SyncBatchNorm(3, momentum=0.3).double())
 ref = weights(nn.BatchNorm2d(3, momentum=0.3).double()) if r == 0 else None
 rng = numpy.random.default_rng(0)
 for step in range(2):
-    X = 1e4 + rng.standard_normal((7, 3, 2, 2))          # a large offset: a sum/sum-of-squares merge would fail
+    X = 1e4 + rng.standard_normal((total, 3, 2, 2))      # a large offset: a sum/sum-of-squares merge would fail
     DY = rng.standard_normal(X.shape)
     x = cubn.tensor(X[lo:hi].copy(), requires_grad=True)
     y = sync(x)
@@ -49,13 +69,30 @@ for step in range(2):
         assert int(sync.num_batches_tracked.numpy()) == int(ref.num_batches_tracked.numpy()) == step + 1
         ref.weight.grad = ref.bias.grad = None
 
+# float32 at a 1e4 offset: as close to a float64 BatchNorm as one float32 process is (the output error of ~1e-3
+# is float32's own at 1e4: the stored mean's rounding; a sum/sum-of-squares merge would get the variance wrong)
+X = (1e4 + rng.standard_normal((total, 3, 2, 2))).astype(numpy.float32)
+y32 = weights(nn.SyncBatchNorm(3))(cubn.tensor(X[lo:hi].copy())).numpy()
+y32 = comm.gather(y32, root=0)
+if r == 0:
+    want = weights(nn.BatchNorm2d(3).double())(cubn.tensor(X.astype(numpy.float64))).numpy()
+    single = numpy.abs(weights(nn.BatchNorm2d(3))(cubn.tensor(X)).numpy() - want).max()
+    synced = numpy.abs(numpy.concatenate(y32) - want).max()
+    assert synced <= 2 * single, f"float32 SyncBatchNorm is {synced:.2e} off, one process {single:.2e}"
+
 # every rank empty: output of the same shape, running statistics unchanged
 before = {k: v.copy() for k, v in sync.state_dict().items()}
 assert sync(cubn.tensor(numpy.zeros((0, 3, 2, 2)))).shape == (0, 3, 2, 2)
 assert all((sync.state_dict()[k] == before[k]).all() for k in before)
-# eval: the running statistics, no communication needed (rank 1's empty slice included)
+# eval and frozen statistics: the running statistics, and no collective call at all
 sync.eval()
-out = sync(cubn.tensor(numpy.ones((hi - lo, 3, 2, 2))))
-assert out.shape == (hi - lo, 3, 2, 2)
+out = []
+assert calls_of(lambda: out.append(sync(cubn.tensor(numpy.ones((hi - lo, 3, 2, 2)))))) == [], "eval communicated"
+assert out[0].shape == (hi - lo, 3, 2, 2)
+sync.train()
+sync.freeze_stats()
+assert calls_of(lambda: sync(cubn.tensor(numpy.ones((hi - lo, 3, 2, 2))))) == [], "frozen statistics communicated"
+sync.unfreeze_stats()
+assert calls_of(lambda: sync(cubn.tensor(numpy.ones((hi - lo, 3, 2, 2))))) == ["all_gather_objects", "all_gather"]
 if r == 0:
-    print("ok: outputs, dx, summed dgamma/dbeta and running statistics equal one BatchNorm2d on the whole batch")
+    print(f"ok: slices {sizes}: outputs, dx, summed dgamma/dbeta and running statistics equal one BatchNorm2d")
