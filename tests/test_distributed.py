@@ -127,8 +127,12 @@ def test_sync_batchnorm_in_one_process_is_batchnorm():
     check_autodiff(lambda t, g, b: _sync_with(g, b)(t), x, numpy.array([1.5, 0.5, 2.0]), numpy.array([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         nn.SyncBatchNorm(3)(cubn.tensor(numpy.ones((1, 3), numpy.float32)))
-    with pytest.raises(TypeError, match="does not take mask"):
-        nn.SyncBatchNorm(3)(cubn.tensor(numpy.ones((4, 3), numpy.float32)), mask=numpy.ones((4,), bool))
+    mask = numpy.array([[True] * 3 + [False], [True, True, False, False], [False] * 4, [True] * 4, [True] * 4])
+    x[~mask[:, None, :].repeat(3, 1)] = numpy.nan                 # padding holding NaN must not leak
+    ys = nn.SyncBatchNorm(3).double()(cubn.tensor(x), mask=mask)
+    yb = nn.BatchNorm1d(3).double()(cubn.tensor(x), mask=mask)
+    numpy.testing.assert_allclose(ys.numpy(), yb.numpy(), rtol=1e-12, atol=1e-12)
+    assert (ys.numpy()[~mask[:, None, :].repeat(3, 1)] == 0).all()
 
 
 def _sync_with(gamma, beta):
@@ -195,3 +199,24 @@ def test_sampler_arguments_and_loader():
             DistributedSampler(7, **{"num_replicas": 3, "rank": 0, **kwargs})
     with pytest.raises(ValueError, match="exclusive with shuffle=True"):
         DataLoader(numpy.zeros((7, 1)), numpy.zeros(7), 2, shuffle=True, sampler=s)
+
+
+@pytest.mark.skipif(not __import__("cubn.emulate").emulate.available(), reason="no C++ compiler for the emulator")
+@pytest.mark.parametrize("masked", [False, True])
+def test_sync_batchnorm_runs_the_kernel_phases(monkeypatch, masked):
+    """The phases SyncBatchNorm runs, through the CUDA launchers and kernels on the emulator, match the twins."""
+    import cubn
+    import cubn.nn as nn
+    rng = numpy.random.default_rng(3)
+    x, dy = rng.standard_normal((6, 3, 10)).astype(numpy.float32) + 5, rng.standard_normal((6, 3, 10))
+    mask = rng.random((6, 10)) < 0.7 if masked else None
+    results = []
+    for mode in ("ref", "emulate"):
+        monkeypatch.setenv("CUBN_KERNELS", mode)
+        layer = nn.SyncBatchNorm(3)
+        t = cubn.tensor(x.copy(), requires_grad=True)
+        y = layer(t, mask=mask)
+        y.backward(dy.astype(numpy.float32))
+        results.append([y.numpy(), t.grad, layer.weight.grad, layer.running_var.numpy()])
+    for got, want in zip(*results[::-1]):
+        numpy.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -22,6 +22,7 @@ import numbers
 import numpy
 
 from .. import backend
+from ..ops.norm import Moments
 from ..tensor import Tensor, no_grad
 from . import functional as F
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -35,42 +36,6 @@ BATCHNORM_TYPES = (BatchNorm1d, BatchNorm2d, BatchNorm3d)
 
 
 # ---- per-channel moments (count, mean, M2), merged with Chan's formula ---------------------
-class Moments:
-    """Per-channel count, mean and M2 (sum of squared deviations from the mean), in float64.
-
-    Two sets of moments of disjoint samples merge exactly (Chan, Golub & LeVeque 1979):
-
-        n = na + nb,  delta = mean_b - mean_a
-        mean = mean_a + delta * nb / n
-        M2 = M2_a + M2_b + delta^2 * na * nb / n
-
-    so the moments of many batches equal those of their concatenation, without keeping it.
-    """
-
-    def __init__(self, count, mean, m2):
-        self.count, self.mean, self.m2 = count, mean, m2
-
-    def merge(self, other):
-        """The moments of both samples together (a new object)."""
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
-        n = self.count + other.count
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / n)
-        m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / n)
-        return Moments(n, mean, m2)
-
-    def variance(self, unbiased=True):
-        """M2 / (n - 1) (one Bessel correction over the whole count) or M2 / n."""
-        if unbiased and self.count < 2:
-            raise ValueError(f"an unbiased variance needs at least 2 values per channel, got {self.count}")
-        if self.count == 0:
-            raise ValueError("no values to compute a variance from")
-        return self.m2 / (self.count - 1 if unbiased else self.count)
-
-
 def channel_moments(x, mask=None):
     """Moments of each channel of x (N, C, *spatial) over its N * prod(spatial) values, two-pass, float64.
 

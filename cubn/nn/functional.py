@@ -31,7 +31,7 @@ import numpy
 from .. import backend
 from ..backend import get_array_module
 from ..ops import math as _math
-from ..ops.norm import BatchNormEval, BatchNormTrain, BatchRenormTrain, RMSNorm, RowNorm
+from ..ops.norm import BatchNormEval, BatchNormTrain, BatchRenormTrain, PhasedBatchNorm, RMSNorm, RowNorm
 from . import masked as _masked
 from .checks import (UNSET, array_of, check_choice, check_count, check_eps, check_fraction, check_input,
                      check_momentum, check_shaped, check_vector, normalized_shape_of)
@@ -227,9 +227,10 @@ def _batch_norm(input, running_mean, running_var, weight, bias, *, training, upd
         return _masked_output(y, mask), None
     if mask is None:
         y, fn = BatchNormTrain.run(x, weight, bias, view=view, eps=eps)
-        mean, var = fn.mean, fn.var
     else:
-        y, mean, var = _masked.batch_norm_train(x, mask, weight, bias, eps)
+        y, fn = PhasedBatchNorm.run(x.reshape(view), weight, bias, eps=eps, mask=_masked.channel_mask(mask, x))
+        y = y.reshape(x.shape)
+    mean, var = fn.mean, fn.var
     if not update or action == "no_update" or mean is None or n == 0:
         return y, None
     if estimator == "unbiased":

@@ -6,11 +6,12 @@ optimizer but normalizes it in consecutive "virtual" sub-batches of ``virtual_ba
 samples, each with its own mean and variance, as if the batch were several small ones.
 
 * Training: the batch (N, C, H, W) is cut along N into chunks of ``virtual_batch_size``
-  (the last one may be smaller); each is batch-normalized with its own statistics
-  (``F.batch_norm`` without running buffers) and the outputs are joined again by a
-  differentiable concatenation. The same gamma and beta serve every chunk.
-* Running statistics are updated once per batch, from the sub-batch statistics pooled with
-  Chan's formula: pooled mean and M2 over all chunks, running_var = M2 / (n - 1) with n the
+  (the last one may be smaller); each is batch-normalized with its own statistics (the
+  BatchNorm kernels, as BatchNorm2d without running buffers) and the outputs are joined
+  again by a differentiable concatenation. The same gamma and beta serve every chunk.
+* Running statistics are updated once per batch from the chunks' statistics, those the
+  kernels computed, pooled with Chan's formula (``Moments.merge``, as SyncBatchNorm pools
+  ranks): pooled mean and M2 over all chunks, running_var = M2 / (n - 1) with n the
   total count N * H * W (or M2 / n for ``running_var_estimator="biased"``). Pooling the
   chunks exactly gives the statistics of the whole batch, so the running statistics evolve
   as BatchNorm2d's would on the same batches: what the network sees at inference is the
@@ -22,12 +23,15 @@ ValueError in training, whatever ``degenerate`` says (that policy, like ``nonfin
 applies as in BatchNorm2d to a batch that fits in one virtual batch; ``nonfinite`` also
 guards the pooled update). ``mask=`` is not supported.
 """
+import numpy
+
 from .. import backend
+from ..ops.norm import BatchNormTrain, Moments
 from ..tensor import Function
 from . import functional as F
 from .batchnorm import BatchNorm2d
-from .bn_tools import channel_moments, unbiased_running_var
-from .checks import UNSET, check_count, check_input, check_vector
+from .bn_tools import unbiased_running_var
+from .checks import UNSET, check_count, check_eps, check_input, check_vector
 
 
 class Concat(Function):
@@ -61,20 +65,32 @@ def ghost_batch_norm(input, virtual_batch_size, weight=None, bias=None, eps=1e-5
     consecutive samples normalized with its own batch statistics. Pure: touches no running statistic."""
     x = check_input(input, min_ndim=2)
     v = check_count(virtual_batch_size, "virtual_batch_size")
+    if x.shape[0] <= v or x.size == 0:
+        return F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)
+    return _virtual_batches(x, v, weight, bias, eps)[0]
+
+
+def _virtual_batches(x, v, weight, bias, eps):
+    """(y, pooled Moments): each chunk of ``v`` samples through the BatchNorm kernels with its own statistics,
+    and the chunks' (count, mean, M2 = var*count) merged with Chan's formula: the whole batch's moments.
+    x holds more than ``v`` samples."""
     for name, p in (("weight", weight), ("bias", bias)):
         check_vector(p, x.shape[1], name, x)
-    N = x.shape[0]
-    if N <= v or x.size == 0:
-        return F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)
-    spatial = x.size // (N * x.shape[1])
-    last = N - (N - 1) // v * v
-    if last * spatial == 1:
+    eps, N = check_eps(eps), x.shape[0]
+    if (N - (N - 1) // v * v) * (x.size // (N * x.shape[1])) == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input of shape "
                          f"{tuple(x.shape)}: with virtual_batch_size={v} the last virtual batch holds one sample "
                          f"of one value per channel")
-    pieces = [F.batch_norm(x[start:start + v], None, None, weight, bias, training=True, eps=eps)
-              for start in range(0, N, v)]
-    return concat(pieces, axis=0)
+    pieces, total = [], None
+    for start in range(0, x.shape[0], v):
+        chunk = x[start:start + v]
+        y, fn = BatchNormTrain.run(chunk, weight, bias, view=F._channel_view(chunk), eps=eps)
+        count = chunk.shape[0] * (x.size // (x.shape[0] * x.shape[1]))
+        mean, var = (a.astype(numpy.float64) for a in (fn.mean, fn.var))
+        moments = Moments(count, mean, var * count)
+        pieces.append(y)
+        total = moments if total is None else total.merge(moments)
+    return concat(pieces, axis=0), total
 
 
 class GhostBatchNorm2d(BatchNorm2d):
@@ -102,20 +118,11 @@ class GhostBatchNorm2d(BatchNorm2d):
         """
         if not batch_stats or x.shape[0] <= self.virtual_batch_size or x.size == 0:
             return super()._normalize(x, batch_stats, update, momentum, mask)
-        y = ghost_batch_norm(x, self.virtual_batch_size, self.weight, self.bias, self.eps)
+        y, total = _virtual_batches(x, self.virtual_batch_size, self.weight, self.bias, self.eps)
         if not update:
             return y, None
-        total = self._pooled_moments(x)
         pairs = [(self.running_mean, total.mean), (self.running_var, total.variance(unbiased_running_var(self)))]
         return y, F._fold_running(pairs, momentum, self.nonfinite, self._who())
-
-    def _pooled_moments(self, x):
-        """Per-channel (count, mean, M2) of each virtual batch, merged with Chan's formula (= the whole batch's)."""
-        v, total = self.virtual_batch_size, None
-        for start in range(0, x.shape[0], v):
-            moments = channel_moments(x.data[start:start + v])
-            total = moments if total is None else total.merge(moments)
-        return total
 
     def extra_repr(self):
         return f"{self.num_features}, virtual_batch_size={self.virtual_batch_size}, " + \

@@ -5,10 +5,13 @@ padding must not count in the mean and variance, or every example's output
 would depend on how much padding its batch happened to carry. ``mask`` says
 which entries are real: True = valid, False = padding.
 
-These functions are compositions of differentiable Tensor ops (sum, mul, div,
-sqrt, reshape), so the tape derives their backward on the NumPy and the CuPy
-path alike; there is no hand-written kernel. The one op of their own,
-``_Keep``, is ``where(mask, x, 0)``:
+Masked BatchNorm runs the BatchNorm kernel API's phases on the valid values
+only (``cubn.ops.norm.PhasedBatchNorm``, the CUDA kernels on the GPU: the
+count is the number of valid entries); this file gives it the mask
+(``channel_mask``). Masked Group and Layer Norm are compositions of
+differentiable Tensor ops (sum, mul, div, sqrt, reshape), so the tape derives
+their backward on the NumPy and the CuPy path alike; they have no
+hand-written kernel. Their one op of their own, ``_Keep``, is ``where(mask, x, 0)``:
 
 * the statistics only see valid entries, even when the padding holds NaN or
   Inf (``x * mask`` would give NaN * 0 = NaN);
@@ -123,19 +126,6 @@ def _affine(xhat, weight, bias, shape):
     """gamma * xhat + beta with gamma, beta (Tensors, arrays or None) viewed as ``shape``."""
     y = xhat if weight is None else xhat * _math.reshape(as_tensor(weight), shape)
     return y if bias is None else y + _math.reshape(as_tensor(bias), shape)
-
-
-def batch_norm_train(x, mask, weight, bias, eps):
-    """BatchNorm of (N, C, *spatial) with statistics per channel over the valid (n, *spatial) entries.
-
-    Returns (y, mean, var): y with x's shape and dtype (0 where masked); mean and biased var (C,) arrays.
-    """
-    x = as_tensor(x)
-    N, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
-    m = channel_mask(mask, x)
-    xhat, mean, var = _standardize(x.reshape(N, C, S), m, (0, 2), eps)
-    y = _affine(xhat, weight, bias, (1, C, 1))
-    return _keep(y, m, x.dtype).reshape(x.shape), mean.data.reshape(C), var.data.reshape(C)
 
 
 def zero_masked_channels(y, mask):

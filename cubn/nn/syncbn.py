@@ -2,7 +2,7 @@
 
 Each rank holds a slice of the global batch (slices may be uneven, or empty). The layer runs the
 phases of the BatchNorm kernel API (``cubn/ref/__init__.py``; the CUDA kernels on the GPU) with
-one collective between them:
+one collective between them (``cubn.ops.norm.PhasedBatchNorm``):
 
 * forward: ``batchnorm_stats`` gives this slice's per-channel (mean, var), sent as (count, mean,
   M2 = var*count) in float64; one ``all_gather`` of that (3, C) array; every rank merges the
@@ -16,69 +16,14 @@ one collective between them:
 
 Running statistics are updated from the merged statistics, with BatchNorm's policies (momentum
 or decay, estimator, nonfinite, degenerate), decided on the same numbers on every rank. Eval mode
-and frozen statistics communicate nothing. Not supported: ``mask=``.
+and frozen statistics communicate nothing. ``mask=`` works as in BatchNorm: the count is the
+number of valid values over every rank.
 """
-import numpy
-
-from .. import backend, distributed
-from ..ops.norm import _flat, kernel_module
-from ..ref.common import acc_dtype
-from ..tensor import Function
+from ..ops.norm import PhasedBatchNorm
 from . import functional as F
+from . import masked as _masked
 from .batchnorm import _BatchNorm
 from .batchrenorm import _BatchRenorm
-
-
-def chan_merge(parts):
-    """Merge the (count, mean, M2) of every rank per channel, in rank order (Chan, Golub & LeVeque 1979).
-
-    parts: (ranks, 3, C) float64 array (NumPy or CuPy); returns (count, mean, M2), each (C,).
-    """
-    xp = backend.get_array_module(parts)
-    n = xp.zeros(parts.shape[2])
-    mean, m2 = xp.zeros_like(n), xp.zeros_like(n)
-    for nb, mb, m2b in parts:
-        total = n + nb
-        w = nb / xp.maximum(total, 1)          # 0 while nothing has been seen (total = 0)
-        delta = mb - mean
-        mean, m2, n = mean + delta * w, m2 + m2b + delta * delta * n * w, total
-    return n, mean, m2
-
-
-class SyncBatchNormTrain(Function):
-    """y of this rank's slice x (N, C, S) with the global batch statistics; see the module docstring.
-
-    Leaves on the instance: ``n`` (values per channel over all ranks) and the merged float64 ``mean``
-    and biased ``var`` (C,) on x's device.
-    """
-
-    def forward(self, x, gamma, beta, eps):
-        xp = backend.get_array_module(x)
-        self.k, acc = kernel_module("batchnorm", x), acc_dtype(x.dtype)
-        N, C, S = x.shape
-        self.x, self.gamma, self.local_n = xp.ascontiguousarray(x), _flat(gamma, acc), N * S
-        local = xp.zeros((3, C))
-        if self.local_n:
-            mean, var, _ = self.k.batchnorm_stats(self.x, eps)
-            local[0], local[1], local[2] = self.local_n, mean, var.astype(numpy.float64) * self.local_n
-        n, self.mean, m2 = chan_merge(distributed.all_gather(local))
-        self.n = int(n[0])
-        self.var = m2 / max(self.n, 1)
-        rstd = 1 / xp.sqrt(self.var + eps)
-        self.stats = (self.mean.astype(acc), rstd.astype(acc))        # what the kernels take
-        return self.k.batchnorm_normalize(self.x, self.gamma, _flat(beta, acc), *self.stats)
-
-    def backward(self, grad):
-        xp = backend.get_array_module(grad)
-        grad = xp.ascontiguousarray(grad)
-        dgamma, dbeta = self.k.batchnorm_param_grads(grad, self.x, *self.stats)
-        total = distributed.all_reduce(xp.stack([dgamma, dbeta]).astype(numpy.float64))
-        if self.local_n:
-            dg, db = (t.astype(dgamma.dtype) for t in total)
-            dx = self.k.batchnorm_dx(grad, self.x, self.gamma, *self.stats, dg, db, self.n)
-        else:
-            dx = xp.zeros_like(grad)                               # an empty slice: an empty gradient
-        return dx, dgamma, dbeta
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -86,20 +31,21 @@ class SyncBatchNorm(_BatchNorm):
     rank of ``cubn.distributed`` (one process: exactly BatchNorm). Takes (N, C, *) input, N >= 0."""
 
     ndims = (2, 3, 4, 5)
-    supports_mask = False
 
     def _normalize(self, x, batch_stats, update, momentum, mask):
         if not batch_stats:
             return super()._normalize(x, batch_stats, update, momentum, mask)
         x, view, eps = F._channel_args(x, 2, dict(weight=self.weight, bias=self.bias), self.eps)
-        y, fn = SyncBatchNormTrain.run(x.reshape(view), self.weight, self.bias, eps=eps)
+        m = None if mask is None else _masked.channel_mask(mask, x)
+        y, fn = PhasedBatchNorm.run(x.reshape(view), self.weight, self.bias, eps=eps, mask=m, sync=True)
         y = y.reshape(x.shape)
         who = self._who()
         if fn.n == 0:                                           # every rank empty: nothing to learn from
             return y, None
-        action = F._degenerate_action(int(fn.n), self.degenerate, x, "value per channel (over all ranks)", who)
+        action = F._degenerate_action(int(fn.n), self.degenerate, x, "value per channel (over all ranks)", who,
+                                      masked=mask is not None)
         if action == "running":
-            return super()._normalize(x, False, False, 0.0, None)
+            return super()._normalize(x, False, False, 0.0, mask)
         if not update or action == "no_update":
             return y, None
         var = fn.var * (fn.n / (fn.n - 1)) if self.running_var_estimator == "unbiased" else fn.var

@@ -12,7 +12,9 @@ zero gradients for gamma and beta, and no statistics (``fn.mean is None``).
 import importlib
 import os
 
-from .. import backend
+import numpy
+
+from .. import backend, distributed
 from ..ref.common import acc_dtype
 from ..tensor import Function
 
@@ -160,3 +162,122 @@ class RMSNorm(_NormFunction):
     def grads(self, dyv):
         dx, dgamma = self.k.rmsnorm_backward(dyv, self.xv, self.gamma, self.rrms)
         return dx, dgamma, None
+
+
+class Moments:
+    """Per-channel count, mean and M2 (sum of squared deviations from the mean), in float64.
+
+    Two sets of moments of disjoint samples merge exactly (Chan, Golub & LeVeque 1979):
+
+        n = na + nb,  delta = mean_b - mean_a
+        mean = mean_a + delta * nb / n
+        M2 = M2_a + M2_b + delta^2 * na * nb / n
+
+    so the moments of many batches equal those of their concatenation, without keeping it.
+    """
+
+    def __init__(self, count, mean, m2):
+        self.count, self.mean, self.m2 = count, mean, m2
+
+    def merge(self, other):
+        """The moments of both samples together (a new object)."""
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            return other
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / n)
+        m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / n)
+        return Moments(n, mean, m2)
+
+    def variance(self, unbiased=True):
+        """M2 / (n - 1) (one Bessel correction over the whole count) or M2 / n."""
+        if unbiased and self.count < 2:
+            raise ValueError(f"an unbiased variance needs at least 2 values per channel, got {self.count}")
+        if self.count == 0:
+            raise ValueError("no values to compute a variance from")
+        return self.m2 / (self.count - 1 if unbiased else self.count)
+
+
+def merge_ranks(parts):
+    """The Moments of every rank's (count, mean, M2) in ``parts`` (ranks, 3, C), merged in rank order."""
+    counts = backend.to_numpy(parts[:, 0, 0])
+    total = Moments(0, parts[0, 1] * 0, parts[0, 2] * 0)
+    for count, part in zip(counts, parts):
+        total = total.merge(Moments(int(count), part[1], part[2]))
+    return total
+
+
+def _compact(a, index):
+    """The values of (N, C, S) ``a`` at the positions ``index`` of its N*S, as a (1, C, len(index)) array."""
+    N, C, S = a.shape
+    xp = backend.get_array_module(a)
+    return xp.ascontiguousarray(a.transpose(1, 0, 2).reshape(C, N * S)[:, index])[None]
+
+
+def _scatter(values, index, shape):
+    """The inverse of ``_compact``: (1, C, len(index)) values at their positions of an (N, C, S) array of zeros."""
+    N, C, S = shape
+    xp = backend.get_array_module(values)
+    out = xp.zeros((C, N * S), values.dtype)
+    out[:, index] = values[0]
+    return xp.ascontiguousarray(out.reshape(C, N, S).transpose(1, 0, 2))
+
+
+class PhasedBatchNorm(Function):
+    """Training BatchNorm through the phases of the kernel API, for what one ``batchnorm_forward`` cannot do:
+
+    * ``mask`` (bool, (N, 1, S), True = valid): statistics over the valid positions only (Masked
+      BatchNorm). They are gathered into a (1, C, M_valid) array, so every phase sees valid values only
+      (padding may hold NaN); y and dx are 0 at the other positions.
+    * ``sync=True``: statistics and sums over every rank of ``cubn.distributed`` (SyncBatchNorm).
+      ``batchnorm_stats`` of this rank's values gives (count, mean, M2 = var*count), one ``all_gather``
+      of that (3, C) float64 array, and ``merge_ranks`` in rank order on every rank; in backward one
+      ``all_reduce`` of the (2, C) float64 (dgamma, dbeta) sums, which ``batchnorm_dx`` uses with the
+      global count. dgamma and dbeta returned are this rank's own sums (data parallelism adds them up).
+
+    x: the (N, C, S) view. Leaves ``n`` (values per channel, over all ranks), ``mean`` and biased ``var``
+    (C,) on the instance (float64 when synchronized; None when n == 0, when y is all zeros).
+    """
+
+    def forward(self, x, gamma, beta, eps, mask=None, sync=False):
+        xp = backend.get_array_module(x)
+        self.k, acc, self.sync, self.shape = kernel_module("batchnorm", x), acc_dtype(x.dtype), sync, x.shape
+        x = xp.ascontiguousarray(x)
+        C = x.shape[1]
+        self.index = None if mask is None else xp.flatnonzero(mask.reshape(-1))
+        self.xc = x if self.index is None else _compact(x, self.index)
+        self.gamma, self.local_n = _flat(gamma, acc), self.xc.shape[0] * self.xc.shape[2]
+        stats = self.k.batchnorm_stats(self.xc, eps) if self.local_n else None
+        if sync:
+            local = xp.zeros((3, C))
+            if stats is not None:
+                local[0], local[1], local[2] = self.local_n, stats[0], stats[1].astype(numpy.float64) * self.local_n
+            total = merge_ranks(distributed.all_gather(local))
+            self.n, self.mean = total.count, total.mean
+            self.var = total.m2 / max(self.n, 1)
+            rstd = 1 / xp.sqrt(self.var + eps)
+        else:
+            self.n = self.local_n
+            self.mean, self.var, rstd = stats if stats is not None else (None, None, None)
+        if self.n == 0:
+            self.mean = self.var = self.stats = None
+            return xp.zeros_like(x)
+        self.stats = (self.mean.astype(acc, copy=False), rstd.astype(acc, copy=False))   # what the kernels take
+        y = self.k.batchnorm_normalize(self.xc, self.gamma, _flat(beta, acc), *self.stats)
+        return y if self.index is None else _scatter(y, self.index, self.shape)
+
+    def backward(self, grad):
+        xp = backend.get_array_module(grad)
+        if self.stats is None:                  # nothing valid anywhere: no value moved y
+            zeros = xp.zeros(self.shape[1], acc_dtype(grad.dtype))
+            return xp.zeros_like(grad), zeros, zeros
+        grad = xp.ascontiguousarray(grad)
+        gc = grad if self.index is None else _compact(grad, self.index)
+        dgamma, dbeta = self.k.batchnorm_param_grads(gc, self.xc, *self.stats)
+        dg, db = dgamma, dbeta
+        if self.sync:
+            dg, db = distributed.all_reduce(xp.stack([dgamma, dbeta]).astype(numpy.float64)).astype(dgamma.dtype)
+        dx = self.k.batchnorm_dx(gc, self.xc, self.gamma, *self.stats, dg, db, self.n) if self.local_n else gc
+        return (dx if self.index is None else _scatter(dx, self.index, self.shape)), dgamma, dbeta

@@ -1,8 +1,9 @@
 """Run under `mpiexec -n R python -m mpi4py tests/mpi/syncbn.py 5,2,0` (one batch size per rank): SyncBatchNorm
 over those slices equals one BatchNorm2d on the whole batch (float64, to 1e-10: outputs, dx, the summed
 dgamma/dbeta, running statistics), the running statistics are bitwise equal on every rank, float32 at a 1e4
-offset is as accurate as one process, every rank empty changes nothing, eval and frozen statistics make no
-collective call; rank 0 prints "ok" and what it compared."""
+offset is as accurate as one process, mask= counts the valid values of every rank, the nonfinite, degenerate,
+decay, estimator and cumulative policies decide alike on every rank, every rank empty changes nothing, eval and
+frozen statistics make no collective call; rank 0 prints "ok" and what it compared."""
 import sys
 
 import numpy
@@ -80,6 +81,55 @@ if r == 0:
     synced = numpy.abs(numpy.concatenate(y32) - want).max()
     assert synced <= 2 * single, f"float32 SyncBatchNorm is {synced:.2e} off, one process {single:.2e}"
 
+# mask=: the count is the valid values over every rank; padding (NaN here) never enters
+X = rng.standard_normal((total, 3, 5))
+M = rng.random((total, 5)) < 0.6
+X[~M[:, None, :].repeat(3, 1)] = numpy.nan
+DY = rng.standard_normal(X.shape)
+layer = weights(nn.SyncBatchNorm(3).double())
+x = cubn.tensor(X[lo:hi].copy(), requires_grad=True)
+y = layer(x, mask=M[lo:hi])
+y.backward(DY[lo:hi])
+ys, dxs = comm.gather(y.numpy(), root=0), comm.gather(x.grad, root=0)
+running = layer.running_var.numpy().copy()
+if r == 0:
+    ref = weights(nn.BatchNorm1d(3).double())
+    xr = cubn.tensor(X, requires_grad=True)
+    yr = ref(xr, mask=M)
+    yr.backward(DY)
+    numpy.testing.assert_allclose(numpy.concatenate(ys), yr.numpy(), rtol=1e-10, atol=1e-10)
+    numpy.testing.assert_allclose(numpy.concatenate(dxs), xr.grad, rtol=1e-10, atol=1e-10)
+    numpy.testing.assert_allclose(running, ref.running_var.numpy(), rtol=1e-10, atol=1e-10)
+
+# policies decide on the merged statistics, the same way on every rank
+poisoned = X[lo:hi].copy()
+last = max(i for i, n in enumerate(sizes) if n)
+poisoned[..., 0] = numpy.inf if r == last else poisoned[..., 0]      # only the last non-empty rank sees an inf
+for policy in ("skip", "raise"):
+    layer = nn.SyncBatchNorm(3, nonfinite=policy).double()
+    try:
+        layer(cubn.tensor(numpy.nan_to_num(poisoned, nan=0.0)))
+        outcome = "ran"
+    except FloatingPointError:
+        outcome = "raised"
+    outcomes = dist.all_gather_object((outcome, layer.running_mean.numpy().tolist()))
+    assert all(o == outcomes[0] for o in outcomes), f"nonfinite={policy!r} decided differently: {outcomes}"
+    assert outcomes[0][0] == ("ran" if policy == "skip" else "raised"), outcomes
+    assert outcomes[0][1] == [0.0, 0.0, 0.0], "a non-finite batch was folded in"
+one = numpy.ones((1 if r == 0 else 0, 3))                   # one value per channel over all ranks
+try:
+    nn.SyncBatchNorm(3).double()(cubn.tensor(one))
+    degenerate = "ran"
+except ValueError as e:
+    degenerate = "raised" if "over all ranks" in str(e) else str(e)
+assert dist.all_gather_object(degenerate) == ["raised"] * size
+for kwargs in (dict(decay=0.9), dict(running_var_estimator="biased"), dict(momentum=None)):
+    layer = nn.SyncBatchNorm(3, **kwargs).double()
+    for step in range(2):
+        layer(cubn.tensor(X[lo:hi, :, :2] * 0 + rng.standard_normal((hi - lo, 3, 2))))
+    states = dist.all_gather_object(layer.running_var.numpy().tobytes())
+    assert all(st == states[0] for st in states), f"{kwargs}: running statistics differ between ranks"
+
 # every rank empty: output of the same shape, running statistics unchanged
 before = {k: v.copy() for k, v in sync.state_dict().items()}
 assert sync(cubn.tensor(numpy.zeros((0, 3, 2, 2)))).shape == (0, 3, 2, 2)
@@ -95,4 +145,5 @@ assert calls_of(lambda: sync(cubn.tensor(numpy.ones((hi - lo, 3, 2, 2))))) == []
 sync.unfreeze_stats()
 assert calls_of(lambda: sync(cubn.tensor(numpy.ones((hi - lo, 3, 2, 2))))) == ["all_gather_objects", "all_gather"]
 if r == 0:
-    print(f"ok: slices {sizes}: outputs, dx, summed dgamma/dbeta and running statistics equal one BatchNorm2d")
+    print(f"ok: slices {sizes}: outputs, dx, summed dgamma/dbeta and running statistics equal one BatchNorm2d; "
+          "masked, policies, empty and eval checked")
