@@ -4,6 +4,7 @@ Multi-process cases start ``mpiexec -n N python -m mpi4py`` with a timeout; they
 where mpiexec or mpi4py is missing or MPI cannot start (a preflight job tells which), and fail
 when MPI starts but a collective is wrong.
 """
+import functools
 import json
 import shutil
 import subprocess
@@ -20,9 +21,12 @@ SCRIPTS = Path(__file__).resolve().parent / "mpi"
 TIMEOUT = 120
 
 
+@functools.cache
 def mpiexec():
-    exe = shutil.which("mpiexec") or str(Path(sys.executable).with_name("mpiexec"))
-    if not Path(exe).exists():
+    """The mpiexec next to this Python (the mpich wheel's, matching mpi4py), else the one on PATH; checked once."""
+    exe = Path(sys.executable).with_name("mpiexec")
+    exe = str(exe) if exe.exists() else shutil.which("mpiexec")
+    if exe is None:
         pytest.skip("no mpiexec (pip install 'cubn[dist]')")
     try:
         pre = subprocess.run([exe, "-n", "2", sys.executable, "-c", "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"],
@@ -106,6 +110,17 @@ def test_cli_trains_the_main_job_on_two_processes(tmp_path):
     rows = json.loads((tmp_path / "metrics.json").read_text())
     assert len(rows) == 2 and rows[-1]["val_accuracy"] > 0.9
     assert {p.name for p in tmp_path.iterdir()} >= {"metrics.csv", "metrics.json", "checkpoint.npz", "model.npz"}
+
+
+def test_dist_benchmark_writes_its_reports_on_two_processes(tmp_path):
+    done = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "cubn.bench", "dist", "--reps",
+                           "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "dist-cpu-2ranks.json").read_text())
+    assert report["meta"]["ranks"] == 2 and report["step"]["per_rank"] == 32
+    assert [r["shape"][1] for r in report["layers"]] == [16, 32, 64]
+    assert all(0 < r["sync"]["min_ms"] <= r["sync"]["median_ms"] <= r["sync"]["max_ms"] for r in report["layers"])
+    assert "| overhead ms |" in (tmp_path / "dist-cpu-2ranks.md").read_text()
 
 
 def test_sync_batchnorm_in_one_process_is_batchnorm():
