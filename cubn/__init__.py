@@ -9,6 +9,7 @@ and a small tape-based autodiff over NumPy or CuPy arrays.
 from . import backend
 from .backend import has_gpu
 from .random import manual_seed
+from .threads import get_num_threads, set_num_threads
 from .tensor import Function, Tensor, is_grad_enabled, no_grad, tensor
 
 __version__ = "0.1.0"
@@ -21,7 +22,7 @@ from .creation import (arange, bool_, empty, float16, float32, float64, from_dlp
                        int64, linspace, ones, ones_like, rand, randn, zeros, zeros_like)
 from .ops.math import cat, stack, where  # noqa: E402
 
-__all__ = ["Tensor", "Function", "tensor", "no_grad", "is_grad_enabled", "has_gpu", "backend",
+__all__ = ["get_num_threads", "set_num_threads", "Tensor", "Function", "tensor", "no_grad", "is_grad_enabled", "has_gpu", "backend",
            "manual_seed", "data", "ops", "nn", "optim", "models", "train", "save", "load", "__version__"]
 __all__ += ["checkpoint", "arange", "bool_", "cat", "empty", "float16", "float32", "float64", "from_dlpack",
             "from_numpy", "full",

@@ -158,6 +158,8 @@ POOL_CASES = {
     "3x3 stride 2 padding 1": ((2, 2, 7, 7), 3, 2, 1),
     "non-square": ((1, 2, 6, 7), (2, 3), (1, 2), (1, 1)),
     "window does not tile": ((1, 1, 7, 5), 3, 2, 0),
+    "2x2 tiles, odd sizes (last row and column unread)": ((2, 2, 7, 5), 2, None, 0),
+    "3x2 tiles": ((1, 3, 6, 8), (3, 2), None, 0),
 }
 POOLS = {"max": (max_pool2d, numpy.max, -numpy.inf), "avg": (avg_pool2d, numpy.mean, 0.0)}
 
@@ -192,6 +194,31 @@ def test_max_pool_ties_go_to_the_first_maximum(device):
     y.backward(to_dev(numpy.array([[[[1.0, 10.0], [100.0, 1000.0]]]]), device))
     # windows at (0,0), (0,1), (1,0) all find their first maximum at x[0,0], x[0,1], x[1,0]; (1,1) at x[1,1]
     assert cubn.backend.to_numpy(x.grad)[0, 0].tolist() == [[1.0, 10.0, 0.0], [100.0, 1000.0, 0.0], [0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("stride", [2, 1], ids=["tiles", "windows"])
+def test_max_pool_ties_and_nans_go_to_the_first_in_window_order(device, stride):
+    """Both roads (tiling windows, overlapping windows) pick the same element: the first maximum in
+    row-major window order, and in a window holding NaN the first NaN."""
+    x = numpy.array([[[[3.0, 3.0, 1.0, numpy.nan],
+                       [3.0, 3.0, numpy.nan, numpy.nan],
+                       [0.0, 2.0, numpy.nan, 5.0],
+                       [2.0, 2.0, 7.0, 7.0]]]])
+    t = cubn.tensor(to_dev(x, device), requires_grad=True)
+    y = max_pool2d(t, 2, stride)
+    y.backward(to_dev(numpy.arange(1.0, y.size + 1).reshape(y.shape), device))
+    got = cubn.backend.to_numpy(t.grad)[0, 0]
+    if stride == 2:
+        assert got.tolist() == [[1, 0, 0, 2], [0, 0, 0, 0], [0, 3, 4, 0], [0, 0, 0, 0]]
+    want = numpy.zeros((4, 4))
+    out = cubn.backend.to_numpy(y.data)[0, 0]
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            win = x[0, 0, i * stride:i * stride + 2, j * stride:j * stride + 2].reshape(-1)
+            k = int(numpy.flatnonzero(numpy.isnan(win))[0]) if numpy.isnan(win).any() else int(numpy.argmax(win))
+            want[i * stride + k // 2, j * stride + k % 2] += i * out.shape[1] + j + 1
+            assert numpy.isnan(out[i, j]) == numpy.isnan(win).any()
+    numpy.testing.assert_array_equal(got, want)
 
 
 def test_max_pool_propagates_nan(device):

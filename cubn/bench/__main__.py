@@ -14,6 +14,7 @@ Exit status: 0 when every cubn case ran and matched its NumPy twin, 1 when one f
 ``train`` also runs on the CPU (its options and reports: cubn/bench/train.py); exit status 0, or 2 on
 bad arguments or when ``--device cuda`` finds no GPU.
 
+    python -m cubn.bench cpu                            the CPU path vs PyTorch CPU: main-job step, norms, conv (cubn/bench/cpu.py)
     mpiexec -n 2 python -m mpi4py -m cubn.bench dist    SyncBatchNorm's cost per layer and per step (cubn/bench/dist.py)
 """
 import argparse
@@ -40,6 +41,7 @@ def parse(argv):
     n.add_argument("--warmup", type=int, help="warm-up calls per case (default 10, 3 with --quick)")
     n.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     train.add_arguments(sub.add_parser("train", help="ResNet-20 training steps, cubn vs PyTorch (cubn/bench/train.py)"))
+    sub.add_parser("cpu", help="the CPU path vs PyTorch CPU, in one process (cubn/bench/cpu.py)")
     sub.add_parser("dist", help="under mpiexec: SyncBatchNorm's overhead per layer and per step (cubn/bench/dist.py)")
     args = p.parse_args(argv)
     if args.benchmark == "train":
@@ -55,6 +57,9 @@ def main(argv=None):
     if argv[:1] == ["dist"]:
         from . import dist
         return dist.main(argv[1:])
+    if argv[:1] == ["cpu"]:
+        from . import cpu
+        return cpu.main(argv[1:])
     args = parse(argv)
     if args.benchmark == "train":
         return train.main(args, argv)
