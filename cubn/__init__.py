@@ -9,7 +9,7 @@ and a small tape-based autodiff over NumPy or CuPy arrays.
 from . import backend
 from .backend import has_gpu
 from .random import manual_seed
-from .threads import get_num_threads, set_num_threads
+from .cpu import get_num_threads, set_num_threads
 from .tensor import Function, Tensor, is_grad_enabled, no_grad, tensor
 
 __version__ = "0.1.0"

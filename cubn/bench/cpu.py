@@ -40,7 +40,7 @@ import time
 
 import numpy
 
-from .. import data, models, nn, optim, threads
+from .. import cpu, data, models, nn, optim
 from .. import random as cubn_random
 from ..nn import functional as F
 from ..tensor import no_grad, tensor
@@ -266,7 +266,7 @@ def interleaved(cubn_fn, torch_fn, warmup, reps):
 
 def set_threads(torch, n):
     """Both libraries at ``n`` threads; n=None restores each library's default (saved at start)."""
-    threads.set_num_threads(n or DEFAULT_THREADS["cubn"])
+    cpu.set_num_threads(n or DEFAULT_THREADS["cubn"])
     if torch:
         torch.set_num_threads(n or DEFAULT_THREADS["torch"])
 
@@ -274,11 +274,11 @@ def set_threads(torch, n):
 DEFAULT_THREADS = {}
 
 
-def run(groups=GROUPS, warmup=FULL["warmup"], reps=FULL["reps"], torch="import", profile_steps=5, log=print):
+def run(groups=GROUPS, warmup=FULL["warmup"], reps=FULL["reps"], torch="import", profile_steps=10, log=print):
     why = None
     if torch == "import":
         torch, why = import_torch()
-    DEFAULT_THREADS.update(cubn=threads.get_num_threads(), torch=torch.get_num_threads() if torch else None)
+    DEFAULT_THREADS.update(cubn=cpu.get_num_threads(), torch=torch.get_num_threads() if torch else None)
     rng = numpy.random.default_rng(0)
     cases, (main_step, _) = step_cases(torch)
     cases = [c for c in cases if c[0] in groups] + layer_cases(torch, groups, rng)
@@ -291,7 +291,7 @@ def run(groups=GROUPS, warmup=FULL["warmup"], reps=FULL["reps"], torch="import",
                 set_threads(torch, n)
                 c, t = interleaved(cubn_fn, torch_fn, warmup, reps)
                 row[key] = {"cubn": c, "torch": t, "ratio": c["median_ms"] / t["median_ms"] if t else None,
-                            "threads": {"cubn": threads.get_num_threads(),
+                            "threads": {"cubn": cpu.get_num_threads(),
                                         "torch": torch.get_num_threads() if torch else None}}
             if group == "tape":
                 for key, _ in settings:
@@ -313,7 +313,11 @@ def run(groups=GROUPS, warmup=FULL["warmup"], reps=FULL["reps"], torch="import",
         class _Loss:
             pass
 
-        profile = op_profile(_NoSync(), profile_steps) if "step" in groups else None
+        profile = None
+        if "step" in groups:
+            for _ in range(warmup):
+                main_step()
+            profile = op_profile(_NoSync(), profile_steps)
     finally:
         set_threads(torch, None)
     meta = {"benchmark": "cpu", "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -19,9 +19,7 @@ E[x^2] - E[x]^2. gamma, beta are (C,) of the accumulation dtype or None (meaning
 and dx have x's dtype.
 """
 from cubn.backend import get_array_module
-from cubn.ref.common import acc_dtype
-
-_REDUCED = (0, 2)  # the N and S axes: everything but the channel
+from cubn.ref.common import acc_dtype, channel_dot, channel_sum
 
 
 def _per_channel(v):
@@ -39,29 +37,27 @@ def _rstd(var, eps):
 
 
 def _xhat(x, mean, rstd):
-    return (_acc(x) - _per_channel(mean)) * _per_channel(rstd)                     # [E4]
+    """[E4] as a new array of the accumulation dtype (the callers reuse it in place)."""
+    xhat = _acc(x) - _per_channel(mean)
+    xhat *= _per_channel(rstd)
+    return xhat
 
 
 def _affine(xhat, gamma, beta, dtype):
-    """gamma*xhat + beta per channel (None meaning 1 and 0), cast to ``dtype``."""
-    y = xhat if gamma is None else xhat * _per_channel(gamma)                      # [E5]
-    y = y if beta is None else y + _per_channel(beta)
-    return y.astype(dtype, copy=False)
-
-
-def _param_grads(dy, xhat):
-    """(dy in the accumulation dtype, dgamma, dbeta)."""
-    dy = _acc(dy)
-    dbeta = dy.sum(axis=_REDUCED)                                                  # [E6]
-    dgamma = (dy * xhat).sum(axis=_REDUCED)                                        # [E7]
-    return dy, dgamma, dbeta
+    """gamma*xhat + beta per channel (None meaning 1 and 0), in place on xhat, cast to ``dtype``."""
+    if gamma is not None:
+        xhat *= _per_channel(gamma)                                                # [E5]
+    if beta is not None:
+        xhat += _per_channel(beta)
+    return xhat.astype(dtype, copy=False)
 
 
 def batchnorm_stats(x, eps):
     """Per-channel (mean, biased var, rstd) of x (N, C, S), two-pass, in the accumulation dtype."""
     xp = get_array_module(x)
     xa = _acc(x)
-    mean = xa.mean(axis=_REDUCED)                                                  # [E1]
+    M = x.shape[0] * x.shape[2]
+    mean = channel_sum(xa) / M                                                     # [E1]
     d = xa - _per_channel(mean)
     # [E2] second pass over the deviations. Subtracting mean(d)^2 (zero in exact
     # arithmetic) cancels the rounding error of the stored mean, which would
@@ -69,7 +65,8 @@ def batchnorm_stats(x, eps):
     # high ("corrected two-pass", Chan, Golub & LeVeque 1983, eq. 1.7). Both terms
     # read deviations, never raw x, so this is not E[x^2] - E[x]^2. The clamp keeps
     # a rounding-negative var of a constant channel from reaching sqrt.
-    var = xp.maximum(xp.square(d).mean(axis=_REDUCED) - xp.square(d.mean(axis=_REDUCED)), 0)
+    mean_d = channel_sum(d) / M
+    var = xp.maximum(channel_dot(d, d) / M - xp.square(mean_d), 0)
     return _mean_or_nan(mean, var), var, _rstd(var, eps)
 
 
@@ -80,24 +77,35 @@ def _mean_or_nan(mean, var):
 
 def batchnorm_normalize(x, gamma, beta, mean, rstd):
     """y = gamma*(x - mean)*rstd + beta [E4]-[E5] with given per-channel mean and rstd (C,)."""
-    return _affine(_xhat(x, mean, rstd), gamma, beta, x.dtype)
+    # gamma*rstd is one per-channel factor: (x - mean) * (gamma*rstd), one pass fewer than xhat*gamma
+    return _affine(_xhat(x, mean, rstd if gamma is None else gamma * rstd), None, beta, x.dtype)
+
+
+def _param_grads(dy, xhat):
+    """(dgamma, dbeta) [E6]-[E7] of dy (accumulation dtype) and xhat."""
+    return channel_dot(dy, xhat), channel_sum(dy)
 
 
 def batchnorm_param_grads(dy, x, mean, rstd):
     """(dgamma, dbeta) [E6]-[E7]: per-channel sums of dy*xhat and dy over this x's values."""
-    _, dgamma, dbeta = _param_grads(dy, _xhat(x, mean, rstd))
-    return dgamma, dbeta
+    return _param_grads(_acc(dy), _xhat(x, mean, rstd))
+
+
+def _dx(dy, xhat, gamma, rstd, dgamma, dbeta, count, dtype):
+    """[E8] from xhat, overwriting it: dx = gamma*rstd*(dy - (dbeta + xhat*dgamma)/M)."""
+    # every x of a channel moves its mean and var: dbeta/M is the gradient that
+    # flows through the mean, xhat*dgamma/M the one that flows through the variance.
+    xhat *= _per_channel(dgamma / count)
+    xhat += _per_channel(dbeta / count)
+    dx = get_array_module(xhat).subtract(dy, xhat, out=xhat)
+    dx *= _per_channel(rstd if gamma is None else gamma * rstd)
+    return dx.astype(dtype, copy=False)
 
 
 def batchnorm_dx(dy, x, gamma, mean, rstd, dgamma, dbeta, count):
     """dx [E8] of training BatchNorm, given the per-channel sums dgamma, dbeta over all ``count`` values
     of each channel (this x's own sums, or those of a batch split over processes: SyncBatchNorm)."""
-    xhat = _xhat(x, mean, rstd)
-    scale = rstd if gamma is None else gamma * rstd
-    # [E8] every x of a channel moves its mean and var: dbeta/M is the gradient that
-    # flows through the mean, xhat*dgamma/M the one that flows through the variance.
-    dx = _per_channel(scale) * (_acc(dy) - (_per_channel(dbeta) + xhat * _per_channel(dgamma)) / count)
-    return dx.astype(x.dtype, copy=False)
+    return _dx(_acc(dy), _xhat(x, mean, rstd), gamma, rstd, dgamma, dbeta, count, x.dtype)
 
 
 def batchnorm_forward(x, gamma, beta, eps):
@@ -109,10 +117,12 @@ def batchnorm_forward(x, gamma, beta, eps):
 def batchnorm_backward(dy, x, gamma, mean, rstd):
     """Gradients of batchnorm_forward for upstream dy (N, C, S); return (dx, dgamma, dbeta).
 
-    mean and rstd are the forward's; xhat is recomputed from x.
+    mean and rstd are the forward's; xhat is recomputed from x (once: batchnorm_param_grads then
+    batchnorm_dx, sharing it).
     """
-    dgamma, dbeta = batchnorm_param_grads(dy, x, mean, rstd)
-    return batchnorm_dx(dy, x, gamma, mean, rstd, dgamma, dbeta, x.shape[0] * x.shape[2]), dgamma, dbeta
+    dy, xhat = _acc(dy), _xhat(x, mean, rstd)
+    dgamma, dbeta = _param_grads(dy, xhat)
+    return _dx(dy, xhat, gamma, rstd, dgamma, dbeta, x.shape[0] * x.shape[2], x.dtype), dgamma, dbeta
 
 
 def batchnorm_inference(x, gamma, beta, mean, var, eps):
@@ -130,6 +140,7 @@ def batchnorm_inference_backward(dy, x, gamma, mean, var, eps):
     mean and var are constants here, so dx = gamma*rstd*dy with no correction terms.
     """
     rstd = _rstd(var, eps)
-    dy, dgamma, dbeta = _param_grads(dy, _xhat(x, mean, rstd))
+    dy = _acc(dy)
+    dgamma, dbeta = _param_grads(dy, _xhat(x, mean, rstd))
     scale = rstd if gamma is None else gamma * rstd
     return (_per_channel(scale) * dy).astype(x.dtype, copy=False), dgamma, dbeta

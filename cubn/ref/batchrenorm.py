@@ -22,8 +22,8 @@ is BatchNorm with gamma*r in place of gamma, so dx and dbeta are BN's, and
 rmax=1, dmax=0 give r=1, d=0 and exactly BatchNorm's results.
 """
 from cubn.backend import get_array_module
-# Batch Renorm is BatchNorm plus r and d: BN's private pieces, not copies of them.
-from cubn.ref.batchnorm import _affine, _per_channel, _xhat, batchnorm_stats
+# Batch Renorm is BatchNorm plus r and d: BN's functions, not copies of them.
+from cubn.ref.batchnorm import batchnorm_normalize, batchnorm_stats
 from cubn.ref.batchnorm import batchnorm_backward as _batchnorm_backward
 
 
@@ -34,8 +34,10 @@ def batchrenorm_forward(x, gamma, beta, running_mean, running_std, rmax, dmax, e
     t = var.dtype.type  # Python or NumPy scalars must not promote float32 statistics
     r = xp.clip(xp.sqrt(var + t(eps)) / running_std, t(1 / rmax), t(rmax))         # [R1]
     d = xp.clip((mean - running_mean) / running_std, t(-dmax), t(dmax))            # [R2]
-    xhat = _xhat(x, mean, rstd) * _per_channel(r) + _per_channel(d)
-    return _affine(xhat, gamma, beta, x.dtype), mean, var, rstd, r, d              # [R3]
+    # [R3] as BatchNorm's normalize with gamma*r for gamma and gamma*d + beta for beta
+    scale, shift = (r, d) if gamma is None else (gamma * r, gamma * d)
+    shift = shift if beta is None else shift + beta
+    return batchnorm_normalize(x, scale, shift, mean, rstd), mean, var, rstd, r, d
 
 
 def batchrenorm_backward(dy, x, gamma, mean, rstd, r, d):

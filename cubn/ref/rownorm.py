@@ -29,7 +29,7 @@ dx have x's dtype; dgamma and dbeta are always returned, (C,), accumulation dtyp
 """
 from cubn.backend import get_array_module
 from cubn.ref.batchnorm import _mean_or_nan
-from cubn.ref.common import acc_dtype
+from cubn.ref.common import acc_dtype, channel_dot, channel_sum, row_dot
 
 
 def _rows(a, groups, dtype):
@@ -37,11 +37,18 @@ def _rows(a, groups, dtype):
     return a.reshape(a.shape[0], groups, -1).astype(dtype, copy=False)
 
 
+def _per_position(v, S):
+    """A per-channel (C,) vector spread over each sample's C*S positions, (1, C*S): it broadcasts along
+    the contiguous last axis (a (C, 1) column would make NumPy loop over runs of S values, of 1 for LN)."""
+    xp = get_array_module(v)
+    return xp.repeat(v, S)[None]
+
+
 def rownorm_forward(x, gamma, beta, groups, eps):
     """Normalize each row (n, g) of x (N, C, S); return (y, mean, rstd), mean/rstd (N, groups)."""
     xp = get_array_module(x)
     acc = acc_dtype(x.dtype)
-    xr = _rows(x, groups, acc)
+    (N, C, S), xr = x.shape, _rows(x, groups, acc)
     mean = xr.mean(axis=2)                                                         # [E1]
     d = xr - mean[..., None]
     # [E2] two-pass: sum of squared deviations. Subtracting mean(d)^2 (zero in exact
@@ -50,22 +57,32 @@ def rownorm_forward(x, gamma, beta, groups, eps):
     # (the "corrected two-pass" algorithm, Chan, Golub & LeVeque 1983, eq. 1.7). Both
     # terms read deviations, never raw x, so this is not E[x^2] - E[x]^2. The clamp
     # keeps a rounding-negative var of a constant row from reaching sqrt.
-    var = xp.maximum(xp.square(d).mean(axis=2) - xp.square(d.mean(axis=2)), 0)
+    K = xr.shape[2]
+    var = xp.maximum(row_dot(d, d) / K - xp.square(d.mean(axis=2)), 0)
     rstd = 1 / xp.sqrt(var + acc(eps))                                             # [E3]
-    xhat = (d * rstd[..., None]).reshape(x.shape)                                  # [E4]
-    y = xhat if gamma is None else xhat * gamma[:, None]                           # [E5]
-    y = y if beta is None else y + beta[:, None]
-    return y.astype(x.dtype), _mean_or_nan(mean, var), rstd
+    d *= rstd[..., None]                                                           # [E4] xhat, in place
+    y = d.reshape(N, C * S)
+    if gamma is not None:
+        y *= _per_position(gamma, S)                                               # [E5]
+    if beta is not None:
+        y += _per_position(beta, S)
+    return y.reshape(x.shape).astype(x.dtype, copy=False), _mean_or_nan(mean, var), rstd
 
 
 def rownorm_backward(dy, x, gamma, mean, rstd, groups):
     """Gradients of rownorm_forward for upstream dy (N, C, S); return (dx, dgamma, dbeta)."""
     acc = acc_dtype(x.dtype)
-    dy = dy.astype(acc, copy=False)
-    xhat = (_rows(x, groups, acc) - mean[..., None]) * rstd[..., None]             # [E4] recomputed
-    dbeta = dy.sum(axis=(0, 2))                                                    # [E6]
-    dgamma = (dy * xhat.reshape(x.shape)).sum(axis=(0, 2))                         # [E7]
-    g = (dy if gamma is None else dy * gamma[:, None]).reshape(xhat.shape)         # dL/dxhat
-    dx = rstd[..., None] * (g - g.mean(axis=2, keepdims=True)                      # [E8]
-                            - xhat * (g * xhat).mean(axis=2, keepdims=True))
-    return dx.reshape(x.shape).astype(x.dtype), dgamma, dbeta
+    (N, C, S), dy = x.shape, dy.astype(acc, copy=False)
+    xhat = _rows(x, groups, acc) - mean[..., None]                                 # [E4] recomputed
+    xhat *= rstd[..., None]
+    dbeta = channel_sum(dy)                                                        # [E6]
+    dgamma = channel_dot(dy, xhat.reshape(x.shape))                               # [E7]
+    g = dy.reshape(N, C * S) * (1 if gamma is None else _per_position(gamma, S))   # dL/dxhat
+    g = g.reshape(xhat.shape)
+    K = xhat.shape[2]
+    proj = row_dot(g, xhat)[..., None] / K                                         # mean(g*xhat)
+    xhat *= proj                                                                   # [E8], in place
+    xhat += g.mean(axis=2, keepdims=True)
+    g -= xhat
+    g *= rstd[..., None]
+    return g.reshape(x.shape).astype(x.dtype, copy=False), dgamma, dbeta

@@ -1,4 +1,7 @@
-"""How many threads the CPU path uses: ``cubn.set_num_threads(n)``, ``cubn.get_num_threads()``.
+"""Settings of the CPU path: its threads (``cubn.set_num_threads(n)``, ``cubn.get_num_threads()``).
+
+Threads
+-------
 
 On the CPU, cubn's arrays are NumPy's, and the only part of NumPy that runs on several threads
 is its BLAS (OpenBLAS in the NumPy wheels), behind the matrix products of Conv2d and Linear.
@@ -9,6 +12,7 @@ single-threaded NumPy whatever this says.
 
 cubn leaves the count alone unless told: ``cubn train`` takes ``--threads`` (default 1, see
 ``docs/cpu.md`` for why and the measurements), and the test suite runs at 1 thread.
+
 """
 import threadpoolctl
 
@@ -34,3 +38,4 @@ def set_num_threads(n):
 def get_num_threads():
     """The BLAS thread count in use (the largest, if several BLAS libraries disagree); 1 without a BLAS."""
     return max((lib.num_threads for lib in _blas().lib_controllers), default=1)
+
