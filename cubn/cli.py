@@ -3,8 +3,8 @@
     cubn train [--model cnn|vgg|resnet20|mlp] [--norm bn|brn|gn|ln|in|rms|none]
                [--data digits|mnist:DIR|cifar10:DIR|synthetic] [--epochs N] [--batch-size B] [--lr LR]
                [--optimizer sgd|adam|adamw] [--weight-decay WD] [--device auto|cpu|cuda]
-               [--out DIR] [--resume PATH [--override]] [--seed S] [--no-progress]
-    cubn eval [--model-file runs/latest/model.npz] [--data digits|mnist:DIR|cifar10:DIR] [--device ...]
+               [--out DIR] [--resume PATH [--override]] [--seed S] [--no-progress] [--threads N]
+    cubn eval [--model-file runs/latest/model.npz] [--data digits|mnist:DIR|cifar10:DIR] [--device ...] [--threads N]
     cubn info
     cubn --version
 
@@ -25,6 +25,7 @@ import sys
 import numpy
 
 from . import __version__, backend, distributed, models, nn, optim, random, train
+from .cpu import keep_freed_memory, set_num_threads
 from .serialization import load
 from .data import (
     Compose,
@@ -354,12 +355,30 @@ def build_parser():
                    help="with --resume: let the options given now replace the stored ones")
     t.add_argument("--seed", type=_int, help="default: 0")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="one line per epoch, no bar")
+    t.add_argument("--threads", type=_positive_int, default=default_threads(),
+                   help="BLAS threads for the CPU path's matrix products (default 1, or what OMP_NUM_THREADS or "
+                        "OPENBLAS_NUM_THREADS say; docs/cpu.md)")
     e = sub.add_parser("eval", help="test accuracy of a saved model.npz on its data set's test split")
     e.add_argument("--model-file", type=os.path.expanduser, default="runs/latest/model.npz", metavar="PATH")
     e.add_argument("--data", type=parse_data, default=("digits", None), metavar="digits|mnist:DIR|cifar10:DIR|synthetic")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--threads", type=_positive_int, default=default_threads(),
+                   help="BLAS threads for the CPU path's matrix products (default 1, or what OMP_NUM_THREADS or "
+                        "OPENBLAS_NUM_THREADS say; docs/cpu.md)")
     sub.add_parser("info", help="versions, the GPU, and whether the kernels compile there")
     return parser
+
+
+def default_threads():
+    """1, unless the environment already sets the BLAS thread count: on a small or shared machine the
+    main job's matrix products are too small to gain from more, and lose a lot when threads contend
+    for cores (docs/cpu.md has the measurements)."""
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        try:
+            return max(1, int(os.environ[name]))
+        except (KeyError, ValueError):
+            pass
+    return 1
 
 
 def _number(text, kind, ok, expected):
@@ -397,6 +416,8 @@ def main(argv=None):
         parser.print_help()
         return 0
     if args.command in ("train", "eval"):
+        set_num_threads(args.threads)
+        keep_freed_memory()
         try:
             (cmd_train if args.command == "train" else cmd_eval)(args)
         except (ValueError, OSError, RuntimeError) as e:   # bad data, paths or checkpoints: one line, no traceback

@@ -1,7 +1,16 @@
+import os
+
 import numpy
 import pytest
 
-from cubn import backend, emulate
+from cubn import backend, cpu, emulate, set_num_threads
+
+# One BLAS thread, here and in the processes the tests start (mpiexec ranks, the CLI): the suite's
+# matrix products are small, and several threads per process on a shared or busy CI machine
+# contend for its cores (docs/cpu.md).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+set_num_threads(1)
+cpu.keep_freed_memory()     # large arrays reused without page faults (cubn/cpu.py)
 
 gpu = pytest.mark.gpu
 emulated = pytest.mark.skipif(not emulate.available(), reason="no C++ compiler for the kernel emulator")

@@ -96,6 +96,9 @@ CONV_CASES = {
     "depthwise x2": ((2, 3, 5, 6), (6, 1, 3, 3), 1, 1, 1, 3, True),
     "1x1": ((2, 3, 4, 4), (5, 3, 1, 1), 1, 0, 1, 1, True),
     "kernel = padded input": ((1, 1, 3, 3), (2, 1, 5, 5), 1, 1, 1, 1, True),
+    # stride 1 with more than twice as many outputs as inputs: dx through col2im, not the flipped conv
+    "stride 1, 1 -> 4 channels": ((2, 1, 5, 6), (4, 1, 3, 3), 1, 1, 1, 1, True),
+    "stride 1, groups 2, 3 outputs per input": ((2, 2, 5, 5), (6, 1, 3, 2), 1, (1, 0), 1, 2, False),
 }
 
 
