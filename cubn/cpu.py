@@ -21,7 +21,7 @@ over and over. glibc's malloc serves blocks above its mmap threshold (128 KiB at
 large blocks are freed, up to 32 MiB) straight from the OS and gives them back when freed, and it
 trims the top of its heap when enough is free there: each time, the next allocation of that size
 maps fresh pages, one page fault per 4 KiB. Which arrays pay this depends on the order of earlier
-allocations, so the same step took 11.7 ms or 15.0 ms in two runs of the benchmark.
+allocations, so the same step took 11.9 ms or 15.0 ms in two runs of the benchmark.
 ``keep_freed_memory()`` fixes both thresholds (blocks up to 32 MiB come from the heap, and up to
 128 MiB of free heap top is kept), so freed blocks are reused without page faults: the process may
 hold that much more memory than it uses. ``cubn train``, the CPU benchmark and the test suite call
