@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy
 import pytest
@@ -51,3 +54,23 @@ def device(request, monkeypatch):
 def to_dev(a, device):
     """A NumPy array moved to ``device`` ('cpu' keeps it as it is)."""
     return backend.to_device(numpy.asarray(a), device)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(*args, hide=()):
+    """``python -m cubn.bench *args`` in a fresh interpreter from the checkout, with the modules named
+    in ``hide`` made unimportable (as on a machine without them); the CompletedProcess."""
+    code = ("import sys, runpy; " + "".join(f"sys.modules[{name!r}] = None; " for name in hide)
+            + f"sys.argv = ['cubn.bench', *{list(args)!r}]; "
+            "runpy.run_module('cubn.bench', run_name='__main__', alter_sys=True)")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def torch_importable():
+    try:
+        import torch  # noqa: F401
+        return True
+    except Exception:
+        return False

@@ -1,29 +1,13 @@
 """``python -m cubn.bench cpu``: the command, its JSON and Markdown reports, and the run without PyTorch."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from cubn.bench import cpu
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from conftest import run_bench, torch_importable
 
 def bench(*args, hide_torch=False):
-    code = ("import sys, runpy; " + ("sys.modules['torch'] = None; " if hide_torch else "")
-            + f"sys.argv = ['cubn.bench', *{list(args)!r}]; "
-            "runpy.run_module('cubn.bench', run_name='__main__', alter_sys=True)")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
-
-
-def has_torch():
-    try:
-        import torch  # noqa: F401
-        return True
-    except Exception:
-        return False
+    return run_bench(*args, hide=("torch",) if hide_torch else ())
 
 
 def read_reports(folder, suffix="-quick"):
@@ -44,7 +28,7 @@ def test_quick_run_writes_both_reports(tmp_path, hide_torch):
     assert m["command"].startswith("python -m cubn.bench cpu --quick")
     assert {row["group"] for row in r["rows"]} == {"step", "bn", "tape"}
     assert len([row for row in r["rows"] if row["group"] == "bn"]) == 3
-    torch_ran = has_torch() and not hide_torch
+    torch_ran = torch_importable() and not hide_torch
     for row in r["rows"]:
         for key in ("1 thread", "default threads"):
             c, t = row[key]["cubn"], row[key]["torch"]

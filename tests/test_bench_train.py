@@ -5,25 +5,17 @@ the NumPy path with tiny sizes, and a stand-in memory pool checks the peak bookk
 """
 import json
 import math
-import subprocess
-import sys
 import types
-from pathlib import Path
 
 import pytest
 
 from cubn import models
 from cubn.bench import train
 from cubn.tensor import Function
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from conftest import run_bench, torch_importable
 
 def bench(*args, hide_cupy=False):
-    code = ("import sys, runpy; " + ("sys.modules['cupy'] = None; " if hide_cupy else "")
-            + f"sys.argv = ['cubn.bench', *{list(args)!r}]; "
-            "runpy.run_module('cubn.bench', run_name='__main__', alter_sys=True)")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return run_bench(*args, hide=("cupy",) if hide_cupy else ())
 
 
 def test_cli_quick_cpu_run_writes_the_reports(tmp_path):
@@ -49,12 +41,7 @@ def test_cli_quick_cpu_run_writes_the_reports(tmp_path):
     assert {("Conv2d", "forward"), ("Conv2d", "backward")} <= ops
     assert 0 < c["profile"]["ops_ms"] <= c["profile"]["step_ms"] * 1.01
 
-    try:
-        import torch  # noqa: F401
-        has_torch = True
-    except Exception:
-        has_torch = False
-    if has_torch:
+    if torch_importable():
         assert r["torch"]["params"] == c["params"] and r["speedup"] > 0
     else:
         assert m["torch_skipped"].startswith("torch not importable") and "torch" not in r

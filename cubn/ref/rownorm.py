@@ -29,7 +29,7 @@ dx have x's dtype; dgamma and dbeta are always returned, (C,), accumulation dtyp
 """
 from cubn.backend import get_array_module
 from cubn.ref.batchnorm import _mean_or_nan
-from cubn.ref.common import acc_dtype, channel_dot, channel_sum, row_dot
+from cubn.ref.common import acc_dtype, channel_dot, channel_sum, row_dot, row_sum
 
 
 def _rows(a, groups, dtype):
@@ -49,7 +49,8 @@ def rownorm_forward(x, gamma, beta, groups, eps):
     xp = get_array_module(x)
     acc = acc_dtype(x.dtype)
     (N, C, S), xr = x.shape, _rows(x, groups, acc)
-    mean = xr.mean(axis=2)                                                         # [E1]
+    K = xr.shape[2]
+    mean = row_sum(xr) / K                                                         # [E1]
     d = xr - mean[..., None]
     # [E2] two-pass: sum of squared deviations. Subtracting mean(d)^2 (zero in exact
     # arithmetic) cancels the rounding error of the stored mean, which would otherwise
@@ -57,8 +58,7 @@ def rownorm_forward(x, gamma, beta, groups, eps):
     # (the "corrected two-pass" algorithm, Chan, Golub & LeVeque 1983, eq. 1.7). Both
     # terms read deviations, never raw x, so this is not E[x^2] - E[x]^2. The clamp
     # keeps a rounding-negative var of a constant row from reaching sqrt.
-    K = xr.shape[2]
-    var = xp.maximum(row_dot(d, d) / K - xp.square(d.mean(axis=2)), 0)
+    var = xp.maximum(row_dot(d, d) / K - xp.square(row_sum(d) / K), 0)
     rstd = 1 / xp.sqrt(var + acc(eps))                                             # [E3]
     d *= rstd[..., None]                                                           # [E4] xhat, in place
     y = d.reshape(N, C * S)
@@ -82,7 +82,7 @@ def rownorm_backward(dy, x, gamma, mean, rstd, groups):
     K = xhat.shape[2]
     proj = row_dot(g, xhat)[..., None] / K                                         # mean(g*xhat)
     xhat *= proj                                                                   # [E8], in place
-    xhat += g.mean(axis=2, keepdims=True)
+    xhat += (row_sum(g) / K)[..., None]                                            # mean(g)
     g -= xhat
     g *= rstd[..., None]
     return g.reshape(x.shape).astype(x.dtype, copy=False), dgamma, dbeta
