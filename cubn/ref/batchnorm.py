@@ -36,9 +36,14 @@ def _rstd(var, eps):
     return 1 / xp.sqrt(var + var.dtype.type(eps))                                  # [E3]
 
 
+def _deviations(x, mean):
+    """x - mean per channel, as a new array of the accumulation dtype (the callers reuse it in place)."""
+    return _acc(x) - _per_channel(mean)
+
+
 def _xhat(x, mean, rstd):
-    """[E4] as a new array of the accumulation dtype (the callers reuse it in place)."""
-    xhat = _acc(x) - _per_channel(mean)
+    """[E4] as a new array of the accumulation dtype."""
+    xhat = _deviations(x, mean)
     xhat *= _per_channel(rstd)
     return xhat
 
@@ -86,23 +91,25 @@ def batchnorm_normalize(x, gamma, beta, mean, rstd):
     return _affine(_xhat(x, mean, rstd if gamma is None else gamma * rstd), None, beta, x.dtype)
 
 
-def _param_grads(dy, xhat):
-    """(dgamma, dbeta) [E6]-[E7] of dy (accumulation dtype) and xhat."""
-    return channel_dot(dy, xhat), channel_sum(dy)
+def _param_grads(dy, d, rstd):
+    """(dgamma, dbeta) [E6]-[E7] of dy (accumulation dtype) and the deviations d = x - mean:
+    sum dy*xhat = rstd * sum dy*d, so xhat itself is never stored."""
+    return channel_dot(dy, d) * rstd, channel_sum(dy)
 
 
 def batchnorm_param_grads(dy, x, mean, rstd):
     """(dgamma, dbeta) [E6]-[E7]: per-channel sums of dy*xhat and dy over this x's values."""
-    return _param_grads(_acc(dy), _xhat(x, mean, rstd))
+    return _param_grads(_acc(dy), _deviations(x, mean), rstd)
 
 
-def _dx(dy, xhat, gamma, rstd, dgamma, dbeta, count, dtype):
-    """[E8] from xhat, overwriting it: dx = gamma*rstd*(dy - (dbeta + xhat*dgamma)/M)."""
+def _dx(dy, d, gamma, rstd, dgamma, dbeta, count, dtype):
+    """[E8] from the deviations d = x - mean, overwriting them: dx = gamma*rstd*(dy - (dbeta + xhat*dgamma)/M),
+    with xhat*dgamma = d*(rstd*dgamma)."""
     # every x of a channel moves its mean and var: dbeta/M is the gradient that
     # flows through the mean, xhat*dgamma/M the one that flows through the variance.
-    xhat *= _per_channel(dgamma / count)
-    xhat += _per_channel(dbeta / count)
-    dx = get_array_module(xhat).subtract(dy, xhat, out=xhat)
+    d *= _per_channel(rstd * dgamma / count)
+    d += _per_channel(dbeta / count)
+    dx = get_array_module(d).subtract(dy, d, out=d)
     dx *= _per_channel(rstd if gamma is None else gamma * rstd)
     return dx.astype(dtype, copy=False)
 
@@ -110,7 +117,7 @@ def _dx(dy, xhat, gamma, rstd, dgamma, dbeta, count, dtype):
 def batchnorm_dx(dy, x, gamma, mean, rstd, dgamma, dbeta, count):
     """dx [E8] of training BatchNorm, given the per-channel sums dgamma, dbeta over all ``count`` values
     of each channel (this x's own sums, or those of a batch split over processes: SyncBatchNorm)."""
-    return _dx(_acc(dy), _xhat(x, mean, rstd), gamma, rstd, dgamma, dbeta, count, x.dtype)
+    return _dx(_acc(dy), _deviations(x, mean), gamma, rstd, dgamma, dbeta, count, x.dtype)
 
 
 def batchnorm_forward(x, gamma, beta, eps):
@@ -127,12 +134,12 @@ def batchnorm_forward(x, gamma, beta, eps):
 def batchnorm_backward(dy, x, gamma, mean, rstd):
     """Gradients of batchnorm_forward for upstream dy (N, C, S); return (dx, dgamma, dbeta).
 
-    mean and rstd are the forward's; xhat is recomputed from x (once: batchnorm_param_grads then
-    batchnorm_dx, sharing it).
+    mean and rstd are the forward's; the deviations x - mean are recomputed once and shared by
+    batchnorm_param_grads and batchnorm_dx.
     """
-    dy, xhat = _acc(dy), _xhat(x, mean, rstd)
-    dgamma, dbeta = _param_grads(dy, xhat)
-    return _dx(dy, xhat, gamma, rstd, dgamma, dbeta, x.shape[0] * x.shape[2], x.dtype), dgamma, dbeta
+    dy, d = _acc(dy), _deviations(x, mean)
+    dgamma, dbeta = _param_grads(dy, d, rstd)
+    return _dx(dy, d, gamma, rstd, dgamma, dbeta, x.shape[0] * x.shape[2], x.dtype), dgamma, dbeta
 
 
 def batchnorm_inference(x, gamma, beta, mean, var, eps):
@@ -151,6 +158,6 @@ def batchnorm_inference_backward(dy, x, gamma, mean, var, eps):
     """
     rstd = _rstd(var, eps)
     dy = _acc(dy)
-    dgamma, dbeta = _param_grads(dy, _xhat(x, mean, rstd))
+    dgamma, dbeta = _param_grads(dy, _deviations(x, mean), rstd)
     scale = rstd if gamma is None else gamma * rstd
     return (_per_channel(scale) * dy).astype(x.dtype, copy=False), dgamma, dbeta
