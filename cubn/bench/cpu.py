@@ -205,7 +205,7 @@ def layer_cases(torch, groups, rng):
                           _torch_fwd_bwd(torch, twin, x, dy) if twin else None))
     if "pool" in groups:
         for shape in POOLS:
-            x, dy = rng.standard_normal(shape).astype(numpy.float32), None
+            x = rng.standard_normal(shape).astype(numpy.float32)
             dy = rng.standard_normal(shape[:2] + (shape[2] // 2, shape[3] // 2)).astype(numpy.float32)
             cases.append(("pool", f"MaxPool2d(2) fwd+bwd {shape}", _fwd_bwd(nn.MaxPool2d(2), x, dy),
                           _torch_fwd_bwd(torch, torch.nn.MaxPool2d(2), x, dy) if torch else None))
