@@ -355,16 +355,14 @@ def build_parser():
                    help="with --resume: let the options given now replace the stored ones")
     t.add_argument("--seed", type=_int, help="default: 0")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="one line per epoch, no bar")
-    t.add_argument("--threads", type=_positive_int, default=default_threads(),
-                   help="BLAS threads for the CPU path's matrix products (default 1, or what OMP_NUM_THREADS or "
-                        "OPENBLAS_NUM_THREADS say; docs/cpu.md)")
     e = sub.add_parser("eval", help="test accuracy of a saved model.npz on its data set's test split")
     e.add_argument("--model-file", type=os.path.expanduser, default="runs/latest/model.npz", metavar="PATH")
     e.add_argument("--data", type=parse_data, default=("digits", None), metavar="digits|mnist:DIR|cifar10:DIR|synthetic")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    e.add_argument("--threads", type=_positive_int, default=default_threads(),
-                   help="BLAS threads for the CPU path's matrix products (default 1, or what OMP_NUM_THREADS or "
-                        "OPENBLAS_NUM_THREADS say; docs/cpu.md)")
+    for command in (t, e):
+        command.add_argument("--threads", type=_positive_int, default=default_threads(),
+                             help="BLAS threads for the CPU path's matrix products (default 1, or what "
+                                  "OMP_NUM_THREADS or OPENBLAS_NUM_THREADS say; docs/cpu.md)")
     sub.add_parser("info", help="versions, the GPU, and whether the kernels compile there")
     return parser
 
