@@ -35,8 +35,10 @@ def test_quick_run_writes_both_reports(tmp_path, hide_torch):
             assert c["reps"] == 2 and 0 < c["min_ms"] <= c["median_ms"] <= c["max_ms"]
             if torch_ran:
                 assert row[key]["ratio"] == pytest.approx(c["median_ms"] / t["median_ms"])
+                q = row[key]["round_ratio"]
+                assert 0 < q["p25"] <= q["median"] <= q["p75"]
             else:
-                assert t is None and row[key]["ratio"] is None
+                assert t is None and row[key]["ratio"] is None and row[key]["round_ratio"] is None
         assert row["1 thread"]["threads"]["cubn"] == 1
     if not torch_ran:
         assert m["torch"] is None and m["torch_missing"]

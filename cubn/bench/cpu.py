@@ -22,7 +22,8 @@ Each case is one unit of work written twice, in cubn and in PyTorch, on the same
 
 How: ``--warmup`` untimed reps, then ``--reps`` rounds; each round runs cubn once and PyTorch once,
 in alternating order, so a noisy neighbour hits both alike. Each figure is the median with the
-range (min..max) beside it, and the ratio is cubn's median over PyTorch's. Everything runs twice:
+range (min..max) beside it, and the ratio is cubn's median over PyTorch's, with the quartiles of the
+per-round ratios beside it (how much the ratio itself moves). Everything runs twice:
 at 1 thread on both sides (cubn through ``cubn.set_num_threads``, i.e. its BLAS; PyTorch through
 ``torch.set_num_threads``), the like-for-like figure, and at each library's default thread count.
 
@@ -263,7 +264,8 @@ def _time(fn):
 
 
 def interleaved(cubn_fn, torch_fn, warmup, reps):
-    """(cubn stats, torch stats or None): rounds of one call each, the order alternating per round."""
+    """(cubn stats, torch stats or None, per-round ratios or None): rounds of one call each, the order
+    alternating per round."""
     for _ in range(warmup):
         cubn_fn()
         if torch_fn:
@@ -274,7 +276,15 @@ def interleaved(cubn_fn, torch_fn, warmup, reps):
         for name, fn in (order if r % 2 == 0 else order[::-1]):
             if fn is not None:
                 times[name].append(_time(fn))
-    return _stats(times["cubn"]), (_stats(times["torch"]) if torch_fn else None)
+    return _stats(times["cubn"]), (_stats(times["torch"]) if torch_fn else None), _round_ratios(times)
+
+
+def _round_ratios(times):
+    """Median and quartiles of cubn/PyTorch per round (the two ran back to back in each), or None."""
+    if not times["torch"]:
+        return None
+    q25, q50, q75 = numpy.percentile(numpy.divide(times["cubn"], times["torch"]), [25, 50, 75])
+    return {"median": float(q50), "p25": float(q25), "p75": float(q75)}
 
 
 def set_threads(torch, n):
@@ -303,8 +313,9 @@ def run(groups=GROUPS, warmup=FULL["warmup"], reps=FULL["reps"], torch="import",
             row = {"group": group, "case": label}
             for key, n in settings:
                 set_threads(torch, n)
-                c, t = interleaved(cubn_fn, torch_fn, warmup, reps)
+                c, t, per_round = interleaved(cubn_fn, torch_fn, warmup, reps)
                 row[key] = {"cubn": c, "torch": t, "ratio": c["median_ms"] / t["median_ms"] if t else None,
+                            "round_ratio": per_round,
                             "threads": {"cubn": cpu.get_num_threads(),
                                         "torch": torch.get_num_threads() if torch else None}}
             if group == "tape":
@@ -356,7 +367,8 @@ def markdown(results):
              f"`{m.get('command', 'python -m cubn.bench cpu')}` at {m['date']} (git {m['git']}); NumPy {m['numpy']}, "
              f"PyTorch {m['torch'] or 'not installed: ' + str(m['torch_missing'])}; load average at the end "
              f"{m['load_average']}. Median (min..max) ms over {m['reps']} interleaved rounds after {m['warmup']} "
-             f"warm-up; ratio = cubn / PyTorch. Default threads: cubn (BLAS) {d['cubn']}, PyTorch {d['torch']}. "
+             f"warm-up; ratio = cubn median / PyTorch median, with the quartiles of the per-round ratios (each round "
+             f"times both, back to back) in brackets. Default threads: cubn (BLAS) {d['cubn']}, PyTorch {d['torch']}. "
              f"cubn.cpu.keep_freed_memory() in effect for both: {m.get('keep_freed_memory')}.", "",
              f"{m['busy']} busy-looping processes ran beside it." if m.get("busy") else "The machine was otherwise idle "
              "(as far as this process can tell: see the load average).", "",
@@ -365,7 +377,8 @@ def markdown(results):
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         one, default = r["1 thread"], r["default threads"]
-        ratio = [f"{x['ratio']:.2f}" if x["ratio"] else "-" for x in (one, default)]
+        ratio = [f"{x['ratio']:.2f} ({x['round_ratio']['p25']:.2f}..{x['round_ratio']['p75']:.2f})"
+                 if x["ratio"] else "-" for x in (one, default)]
         target = TARGET.get(r["group"])
         verdict = "-" if target is None or not one["ratio"] else (
             f"<= {target}: " + ("met" if one["ratio"] <= target else "**missed**"))
