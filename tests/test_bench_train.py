@@ -29,6 +29,7 @@ def test_cli_quick_cpu_run_writes_the_reports(tmp_path):
     assert m["benchmark"] == "train" and m["device"] == "cpu" and m["quick"] is True
     assert (m["batch_size"], m["steps"], m["warmup"]) == (8, 2, train.QUICK["warmup"])
     assert m["model"].startswith("resnet20") and "SGD" in m["optimizer"] and m["numpy"] and m["python"]
+    assert m["cubn_threads"] >= 1
 
     c = r["cubn"]
     assert c["params"] == sum(int(p.data.size) for p in models.resnet20(3, 10, "bn").parameters()) == 272_474

@@ -53,7 +53,7 @@ from contextlib import contextmanager
 
 import numpy
 
-from .. import backend, models, optim
+from .. import backend, cpu, models, optim
 from .. import random as cubn_random
 from ..data import synthetic_cifar
 from ..nn import functional as F
@@ -411,6 +411,7 @@ def run(device="cpu", batch_size=128, steps=50, warmup=10, phase_steps=10, profi
             "command": command or " ".join([pathlib.Path(sys.executable).name] + sys.argv),
             "git": _git_head()}
     meta.update(device_info(device))
+    meta["cubn_threads"] = cpu.get_num_threads()       # its BLAS; the CPU path's only multithreaded part
     if torch == "import":
         torch, meta["torch_skipped"] = import_torch()
     elif torch is None:
@@ -473,20 +474,21 @@ def _mib(b):
 def markdown(results):
     """Title and environment, the cubn/PyTorch table, and 'What limits it' (phases and the op profile)."""
     m = results["meta"]
-    cpu = m["device"] != "cuda"
-    where = f"CPU ({m['cpu']}, {m['cpu_count']} cores): NumPy path, not the CUDA kernels" if cpu else m["gpu"]
+    on_cpu = m["device"] != "cuda"
+    where = f"CPU ({m['cpu']}, {m['cpu_count']} cores): NumPy path, not the CUDA kernels" if on_cpu else m["gpu"]
     lines = [f"# Training throughput: {m['model']}, batch {m['batch_size']}, cubn vs PyTorch eager on {where}", ""]
-    if cpu:
+    if on_cpu:
         lines += ["**CPU numbers.** cubn runs its NumPy twins here and PyTorch its CPU kernels; none of this "
                   "says anything about GPU speed.", ""]
     lines += [f"- date {m.get('date')}, git {m.get('git')}, command `{m.get('command')}`",
               f"- Python {m.get('python')}, NumPy {m.get('numpy')}, PyTorch {m.get('torch', 'not imported')}"
               + (f" (CUDA {m['torch_cuda']})" if m.get("torch_cuda") else "")
               + (f", CuPy {m['cupy']}, driver {m.get('driver')}, CUDA runtime {m.get('cuda_runtime')}"
-                 if not cpu else "")
+                 if not on_cpu else "")
               + f"; {m.get('platform')}",
               f"- data: {m['data']}; optimizer {m['optimizer']}",
-              f"- timing: {m['timing']}; {m['warmup']} warm-up + {m['steps']} timed steps"]
+              f"- timing: {m['timing']}; {m['warmup']} warm-up + {m['steps']} timed steps",
+              f"- threads: cubn (BLAS) {m.get('cubn_threads')}, PyTorch {m.get('torch_threads', '-')}"]
     if m.get("cudnn_benchmark") is not None:
         lines.append(f"- PyTorch defaults kept: cudnn.benchmark={m['cudnn_benchmark']}, "
                      f"cudnn.allow_tf32={m['cudnn_allow_tf32']}")
@@ -510,7 +512,7 @@ def markdown(results):
                       f"above 1: cubn is faster)."]
     lines += ["", "Peak memory: " + "; ".join(f"{who}: {results[who]['memory_note']}"
                                                for who in ("cubn", "torch") if who in results)]
-    lines += _limits(results, cpu)
+    lines += _limits(results, on_cpu)
     return "\n".join(lines) + "\n"
 
 
