@@ -11,8 +11,9 @@ threadpoolctl, as ``torch.set_num_threads`` / ``torch.get_num_threads`` do for P
 kernels. Everything else cubn runs on the CPU (the norms, pooling, elementwise ops) is
 single-threaded NumPy whatever this says.
 
-cubn leaves the count alone unless told: ``cubn train`` takes ``--threads`` (default 1, see
-``docs/cpu.md`` for why and the measurements), and the test suite runs at 1 thread.
+Importing cubn leaves the count as it is (NumPy's default: one thread per core). The ``cubn train``
+and ``cubn eval`` commands set it from ``--threads`` (default 1, see ``docs/cpu.md`` for why and
+the measurements), and the test suite runs at 1 thread.
 
 Freed memory
 ------------
@@ -57,7 +58,6 @@ def set_num_threads(n):
 def get_num_threads():
     """The BLAS thread count in use (the largest, if several BLAS libraries disagree); 1 without a BLAS."""
     return max((lib.num_threads for lib in _blas().lib_controllers), default=1)
-
 
 
 def keep_freed_memory(mmap_threshold=32 << 20, trim_threshold=128 << 20):

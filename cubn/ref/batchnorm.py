@@ -48,6 +48,13 @@ def _xhat(x, mean, rstd):
     return xhat
 
 
+def _normalize_deviations(d, gamma, beta, rstd, dtype):
+    """[E4]-[E5] in place on the deviations d = x - mean: d*(gamma*rstd) + beta, cast to ``dtype``.
+    gamma*rstd is one per-channel factor, one pass fewer than xhat*gamma."""
+    d *= _per_channel(rstd if gamma is None else gamma * rstd)
+    return _affine(d, None, beta, dtype)
+
+
 def _affine(xhat, gamma, beta, dtype):
     """gamma*xhat + beta per channel (None meaning 1 and 0), in place on xhat, cast to ``dtype``."""
     if gamma is not None:
@@ -87,8 +94,7 @@ def _mean_or_nan(mean, var):
 
 def batchnorm_normalize(x, gamma, beta, mean, rstd):
     """y = gamma*(x - mean)*rstd + beta [E4]-[E5] with given per-channel mean and rstd (C,)."""
-    # gamma*rstd is one per-channel factor: (x - mean) * (gamma*rstd), one pass fewer than xhat*gamma
-    return _affine(_xhat(x, mean, rstd if gamma is None else gamma * rstd), None, beta, x.dtype)
+    return _normalize_deviations(_deviations(x, mean), gamma, beta, rstd, x.dtype)
 
 
 def _param_grads(dy, d, rstd):
@@ -127,8 +133,7 @@ def batchnorm_forward(x, gamma, beta, eps):
     deviations x - mean (the same numbers), which saves one pass over x.
     """
     mean, var, rstd, d = _stats(x, eps)
-    d *= _per_channel(rstd if gamma is None else gamma * rstd)
-    return _affine(d, None, beta, x.dtype), mean, var, rstd
+    return _normalize_deviations(d, gamma, beta, rstd, x.dtype), mean, var, rstd
 
 
 def batchnorm_backward(dy, x, gamma, mean, rstd):
