@@ -24,7 +24,7 @@ import sys
 
 import numpy
 
-from . import __version__, backend, distributed, models, nn, optim, random, train
+from . import __version__, backend, distributed, jit, models, nn, optim, random, train
 from .cpu import keep_freed_memory, set_num_threads
 from .serialization import load
 from .data import (
@@ -297,6 +297,7 @@ def cmd_info(args, log=print):
     cupy = backend.cupy
     log(f"cupy {cupy.__version__}" if cupy is not None else "cupy not installed (pip install 'cubn[cuda12]' or "
         "'cubn[cuda13]' for the GPU path)")
+    log(jit.describe())
     ok = True
     if backend.has_gpu():
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+import cubn.jit
 from cubn.bench import cpu
 from conftest import run_bench, torch_importable
 
@@ -47,6 +48,18 @@ def test_quick_run_writes_both_reports(tmp_path, hide_torch):
     assert {("Conv2d", "forward"), ("Conv2d", "backward"), ("BatchNormTrain", "backward")} <= ops
     assert "Where the time of cubn's main-job step goes" in md and "| small_cnn" in md
     assert ("<= 1.2: " in md) == torch_ran                  # the step's verdict needs a PyTorch figure
+
+
+def test_the_cpu_path_of_the_norms_is_recorded(tmp_path):
+    """With Numba the norms run on the compiled loops; without it (hidden here) on the twins, in -twins reports."""
+    for hide, path, suffix in ((("torch",), "loops" if cubn.jit.available() else "twins", "-quick"),
+                               (("torch", "numba"), "twins", "-twins-quick")):
+        out = tmp_path / path
+        p = run_bench("cpu", "--quick", "--reps", "1", "--cases", "bn", "--out", str(out), hide=hide)
+        assert p.returncode == 0, p.stderr
+        r, md = read_reports(out, suffix)
+        assert r["meta"]["cpu_norms"] == path
+        assert ("compiled loops (cubn/jit" in md) == (path == "loops")
 
 
 def test_no_torch_flag_and_busy_processes_are_recorded(tmp_path):

@@ -75,7 +75,7 @@ def test_missing_data_folder(tmp_path, capsys):
 def test_info_and_console_entry():
     done = subprocess.run([sys.executable, "-m", "cubn", "info"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "cubn 0.1.0" in done.stdout and "numpy" in done.stdout and "GPU" in done.stdout
+    assert "cubn 0.1.0" in done.stdout and "numpy" in done.stdout and "GPU" in done.stdout and "CPU norms" in done.stdout
 
 
 def test_bare_command_prints_help_and_trains_nothing(tmp_path, capsys, monkeypatch):

@@ -29,6 +29,7 @@ import types
 import numpy
 import pytest
 
+import cubn.jit
 import cubn.ref
 from cubn.cuda import loader, nvrtc
 from cubn.ops.norm import kernel_module
@@ -353,5 +354,7 @@ def test_gpu_suite_covers_the_contract():
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_numpy_input_dispatches_to_ref(module):
+def test_numpy_input_dispatches_to_ref_without_numba(monkeypatch, module):
+    """Without Numba (no compiled loops, cubn/jit) NumPy arrays take the twins; tests/test_jit.py has the rest."""
+    monkeypatch.setattr(cubn.jit, "available", lambda: False)
     assert kernel_module(module, numpy.zeros((2, 3, 4), numpy.float32)) is importlib.import_module(f"cubn.ref.{module}")

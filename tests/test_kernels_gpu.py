@@ -39,7 +39,7 @@ import pytest
 
 import cubn
 import cubn.nn as nn
-from cubn import backend, emulate
+from cubn import backend, emulate, jit
 from cubn.ops.norm import kernel_module
 from cubn.ref import batchnorm as ref_bn
 from cubn.ref import batchrenorm as ref_brn
@@ -357,10 +357,11 @@ def is_backend_array(a, name):
 
 
 def launch(name, fn, version, args):
-    """Run cubn.cuda's ``fn`` on the backend's copies of ``args``; (backend args, results as a tuple)."""
-    cuda = importlib.import_module("cubn.cuda." + PROBLEMS[fn][0])
+    """Run cubn.cuda's ``fn`` (for "jit", cubn.jit's, which has no versions: tests/test_jit.py) on the
+    backend's copies of ``args``; (backend args, results as a tuple)."""
+    module = importlib.import_module(("cubn.jit." if name == "jit" else "cubn.cuda.") + PROBLEMS[fn][0])
     dev = [on_backend(a.copy() if isinstance(a, np.ndarray) else a, name) for a in args]
-    out = getattr(cuda, fn)(*dev, version=version)
+    out = getattr(module, fn)(*dev, **with_version(name, version))
     return dev, out if isinstance(out, tuple) else (out,)
 
 
@@ -433,6 +434,9 @@ def test_two_runs_are_bitwise_identical(on, fn, version, dtype, shape):
 
 
 BACKEND_PARAMS = [pytest.param(name, marks=mark, id=name) for name, mark in BACKENDS.items()]
+# the CPU implementations of the API that take the non-finite tests too: the twins and the compiled loops
+CPU_PARAMS = [pytest.param("ref", id="ref"),
+              pytest.param("jit", id="jit", marks=pytest.mark.skipif(not jit.available(), reason="no Numba"))]
 
 
 @pytest.mark.parametrize("name", BACKEND_PARAMS)
@@ -530,19 +534,20 @@ def test_grid_splitting(on, monkeypatch, name, fn, version, dtype, shape):
 
 
 def stats_modules(name):
-    """(batchnorm, rownorm) modules of a backend: the NumPy twins for "ref", else cubn.cuda's launchers."""
-    package = "cubn.ref." if name == "ref" else "cubn.cuda."
+    """(batchnorm, rownorm) modules of a backend: the NumPy twins for "ref", the compiled loops for "jit",
+    else cubn.cuda's launchers."""
+    package = {"ref": "cubn.ref.", "jit": "cubn.jit."}.get(name, "cubn.cuda.")
     return (importlib.import_module(package + "batchnorm"), importlib.import_module(package + "rownorm"))
 
 
 def with_version(name, version):
-    return {} if name == "ref" else {"version": version}
+    return {} if name in ("ref", "jit") else {"version": version}
 
 
 # The non-finite contract (cubn/ref/__init__.py): a channel or row that holds an inf or a NaN gets NaN
 # mean, var and rstd; every other channel or row keeps finite statistics. Planted at the positions the
 # v2 kernels read their shift from (first, middle, last) and elsewhere.
-@pytest.mark.parametrize("name", [pytest.param("ref", id="ref")] + BACKEND_PARAMS)
+@pytest.mark.parametrize("name", CPU_PARAMS + BACKEND_PARAMS)
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_non_finite_input_gives_nan_statistics_in_its_channel_only(on, name, version, dtype):
@@ -565,7 +570,7 @@ def test_non_finite_input_gives_nan_statistics_in_its_channel_only(on, name, ver
     assert (np.isnan(rmean) == bad).all() and (np.isnan(rrstd) == bad).all(), f"rownorm mean {rmean}, rstd {rrstd}"
 
 
-@pytest.mark.parametrize("name", [pytest.param("ref", id="ref")] + BACKEND_PARAMS)
+@pytest.mark.parametrize("name", CPU_PARAMS + BACKEND_PARAMS)
 def test_non_finite_value_in_a_split_row(on, name):
     """Rows long enough for v2's chunked statistics: an inf in one chunk of one row."""
     on(name)

@@ -19,6 +19,7 @@ from cubn.ref.common import acc_dtype
 
 DTYPES = [np.float16, np.float32, np.float64]
 SHAPES = [(4, 3, 10), (3, 7, 143), (5, 1, 9), (6, 4, 1), (2, 5, 8), (2, 3, 1)]
+JIT_TWIN = "batchnorm"  # conftest: every test here also runs on cubn.jit.batchnorm (device "jit")
 EPS = 1e-5
 
 

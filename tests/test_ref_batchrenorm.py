@@ -19,6 +19,8 @@ from cubn.ref.common import acc_dtype
 
 DTYPES = [np.float16, np.float32, np.float64]
 EPS = 1e-5
+# conftest: every test here also runs on cubn.jit (device "jit"), its BatchNorm beside its Batch Renorm
+JIT_TWIN = ("batchrenorm", "batchnorm")
 RMAX, DMAX = 2.0, 0.5  # bounds exact in every dtype, so clipped values compare with ==
 # Per channel, cycled: the unclipped sigma_B/running_std and (mean - running_mean)/running_std,
 # above the upper bound, below the lower bound, inside the bounds.

@@ -19,6 +19,7 @@ from gradcheck import assert_grads_close, numerical_grads
 from ref64_rows import gn_ref, in_ref, ln_ref, moments
 from tolerance import TOL, assert_close
 
+JIT_TWIN = "rownorm"  # conftest: every test here also runs on cubn.jit.rownorm (device "jit")
 EPS = 1e-5
 DTYPES = [np.float16, np.float32, np.float64]
 

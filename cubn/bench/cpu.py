@@ -40,7 +40,9 @@ Targets (issue 15): the step at <= 1.2x PyTorch, each norm's forward + backward 
 thread; the Markdown marks each case, and ``docs/cpu.md`` says why the ones that miss do.
 
 Without PyTorch the cubn half runs alone and the report says so. Reports:
-``cpu-<cpu slug>[-busyN][-quick]`` ``.json`` and ``.md`` under ``--out`` (default bench/results).
+``cpu-<cpu slug>[-busyN][-twins][-quick]`` ``.json`` and ``.md`` under ``--out`` (default bench/results);
+``-twins`` when the norms ran on the NumPy twins (Numba not installed, or ``CUBN_KERNELS=ref`` to
+compare the two CPU paths) rather than on the compiled loops of ``cubn/jit``.
 """
 import argparse
 import datetime
@@ -53,9 +55,10 @@ import time
 
 import numpy
 
-from .. import cpu, data, models, nn, optim
+from .. import cpu, data, jit, models, nn, optim
 from .. import random as cubn_random
 from ..nn import functional as F
+from ..creation import from_numpy
 from ..tensor import no_grad, tensor
 from . import slug
 from .train import _git_head, cpu_name, import_torch, op_profile
@@ -115,7 +118,7 @@ def step_cases(torch):
     def cubn_eval():
         model.eval()
         with no_grad():
-            model(tensor(xt)).numpy()
+            model(from_numpy(xt)).numpy()
 
     torch_step = torch_eval = None
     if torch:
@@ -168,7 +171,7 @@ POOLS = [(64, 32, 8, 8), (64, 64, 4, 4), (32, 64, 32, 32)]
 
 def _fwd_bwd(layer, x, dy):
     def run():
-        t = tensor(x, requires_grad=True)
+        t = from_numpy(x).requires_grad_()     # as torch.from_numpy below: no copy on either side
         layer(t).backward(dy)
     return run
 
@@ -231,7 +234,7 @@ def _tape(torch):
     a = numpy.full((4, 4), 0.5, numpy.float32)
 
     def cubn_run():
-        t = tensor(a, requires_grad=True)
+        t = from_numpy(a).requires_grad_()
         y = t
         for _ in range(TAPE_OPS // 2):
             y = y * 1.0001 + 0.001
@@ -348,9 +351,14 @@ def run(groups=GROUPS, warmup=FULL["warmup"], reps=FULL["reps"], torch="import",
     meta = {"benchmark": "cpu", "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "numpy": numpy.__version__, "torch": torch.__version__ if torch else None, "torch_missing": why,
-            "default_threads": dict(DEFAULT_THREADS), "keep_freed_memory": malloc_tuned, "warmup": warmup, "reps": reps, "git": _git_head(),
+            "cpu_norms": cpu_norms(), "default_threads": dict(DEFAULT_THREADS), "keep_freed_memory": malloc_tuned, "warmup": warmup, "reps": reps, "git": _git_head(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
     return {"meta": meta, "rows": rows, "profile": profile}
+
+
+def cpu_norms():
+    """Which CPU path the norms took: "loops" (cubn/jit, Numba) or "twins" (the NumPy twins)."""
+    return "loops" if jit.available() and os.environ.get("CUBN_KERNELS") not in ("ref", "emulate") else "twins"
 
 
 # ---------------------------------------------------------------------------
@@ -369,7 +377,9 @@ def markdown(results):
              f"{m['load_average']}. Median (min..max) ms over {m['reps']} interleaved rounds after {m['warmup']} "
              f"warm-up; ratio = cubn median / PyTorch median, with the quartiles of the per-round ratios (each round "
              f"times both, back to back) in brackets. Default threads: cubn (BLAS) {d['cubn']}, PyTorch {d['torch']}. "
-             f"cubn.cpu.keep_freed_memory() in effect for both: {m.get('keep_freed_memory')}.", "",
+             f"cubn.cpu.keep_freed_memory() in effect for both: {m.get('keep_freed_memory')}. cubn's norms ran "
+             + ("on the compiled loops (cubn/jit, Numba)." if m.get("cpu_norms") == "loops" else
+                "on the NumPy twins (cubn/ref: no Numba, or CUBN_KERNELS=ref)."), "",
              f"{m['busy']} busy-looping processes ran beside it." if m.get("busy") else "The machine was otherwise idle "
              "(as far as this process can tell: see the load average).", "",
              "Target (1 thread): the step <= 1.2x, each norm <= 1.5x; why a case misses it: docs/cpu.md.", "",
@@ -405,7 +415,7 @@ def write_reports(results, out_dir, quick=False):
     os.makedirs(out_dir, exist_ok=True)
     busy = results["meta"].get("busy")
     base = os.path.join(out_dir, f"cpu-{slug(results['meta']['cpu'])}" + (f"-busy{busy}" if busy else "")
-                        + ("-quick" if quick else ""))
+                        + ("-twins" if results["meta"].get("cpu_norms") == "twins" else "") + ("-quick" if quick else ""))
     with open(base + ".json", "w") as f:
         json.dump(results, f, indent=1)
     with open(base + ".md", "w") as f:

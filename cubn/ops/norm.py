@@ -14,27 +14,34 @@ import os
 
 import numpy
 
-from .. import backend, distributed
+from .. import backend, distributed, jit
 from ..ref.common import acc_dtype
 from ..tensor import Function
 
 
 def kernel_module(family, x):
-    """``cubn.cuda.<family>`` for CuPy arrays where that twin exists, ``cubn.ref.<family>`` otherwise.
+    """The kernel module for ``family`` and the array x: ``cubn.cuda.<family>`` for CuPy arrays,
+    ``cubn.jit.<family>`` (compiled CPU loops, when Numba is installed) for NumPy arrays, and
+    ``cubn.ref.<family>``, the NumPy twin, where neither exists.
 
     ``CUBN_KERNELS`` in the environment (read at each call) changes that:
-    ``ref`` sends CuPy arrays through the NumPy twins too (a kernel-free GPU baseline,
-    and a way to rule kernels out when debugging); ``emulate`` sends NumPy arrays
-    through ``cubn.cuda``, whose kernels then run on the CPU emulator (``cubn.emulate``).
+    ``ref`` sends every array through the NumPy twins (for CuPy arrays a kernel-free GPU
+    baseline, and a way to rule kernels or loops out when debugging); ``emulate`` sends NumPy
+    arrays through ``cubn.cuda``, whose kernels then run on the CPU emulator (``cubn.emulate``).
     """
     mode = os.environ.get("CUBN_KERNELS")
-    on_kernels = not backend.is_cupy(x) if mode == "emulate" else backend.is_cupy(x) and mode != "ref"
-    if on_kernels:
-        name = "cubn.cuda." + family
+    if mode == "emulate":
+        candidate = None if backend.is_cupy(x) else "cuda"
+    elif mode == "ref":
+        candidate = None
+    else:
+        candidate = "cuda" if backend.is_cupy(x) else "jit" if jit.available() else None
+    if candidate:
+        name = f"cubn.{candidate}.{family}"
         try:
             return importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name not in (name, "cubn.cuda"):
+            if e.name not in (name, "cubn." + candidate):
                 raise
     return importlib.import_module("cubn.ref." + family)
 

@@ -22,25 +22,35 @@ is BatchNorm with gamma*r in place of gamma, so dx and dbeta are BN's, and
 rmax=1, dmax=0 give r=1, d=0 and exactly BatchNorm's results.
 """
 from cubn.backend import get_array_module
-# Batch Renorm is BatchNorm plus r and d: BN's functions, not copies of them.
-from cubn.ref.batchnorm import batchnorm_normalize, batchnorm_stats
-from cubn.ref.batchnorm import batchnorm_backward as _batchnorm_backward
+# Batch Renorm is BatchNorm plus r and d: BN's functions, not copies of them. The compiled loops
+# (cubn/jit/batchrenorm.py) run these same formulas on their own BatchNorm, passed in as ``bn``.
+from cubn.ref import batchnorm
 
 
 def batchrenorm_forward(x, gamma, beta, running_mean, running_std, rmax, dmax, eps):
     """Training forward of x (N, C, S); return (y, mean, var, rstd, r, d)."""
+    return _renorm_forward(batchnorm, x, gamma, beta, running_mean, running_std, rmax, dmax, eps)
+
+
+def batchrenorm_backward(dy, x, gamma, mean, rstd, r, d):
+    """Gradients of batchrenorm_forward with r, d held constant; return (dx, dgamma, dbeta)."""
+    return _renorm_backward(batchnorm, dy, x, gamma, mean, rstd, r, d)
+
+
+def _renorm_forward(bn, x, gamma, beta, running_mean, running_std, rmax, dmax, eps):
+    """batchrenorm_forward on the BatchNorm functions of the module ``bn``."""
     xp = get_array_module(x)
-    mean, var, rstd = batchnorm_stats(x, eps)                                       # [E1]-[E3]
+    mean, var, rstd = bn.batchnorm_stats(x, eps)                                    # [E1]-[E3]
     t = var.dtype.type  # Python or NumPy scalars must not promote float32 statistics
     r = xp.clip(xp.sqrt(var + t(eps)) / running_std, t(1 / rmax), t(rmax))         # [R1]
     d = xp.clip((mean - running_mean) / running_std, t(-dmax), t(dmax))            # [R2]
     # [R3] as BatchNorm's normalize with gamma*r for gamma and gamma*d + beta for beta
     scale, shift = (r, d) if gamma is None else (gamma * r, gamma * d)
     shift = shift if beta is None else shift + beta
-    return batchnorm_normalize(x, scale, shift, mean, rstd), mean, var, rstd, r, d
+    return bn.batchnorm_normalize(x, scale, shift, mean, rstd), mean, var, rstd, r, d
 
 
-def batchrenorm_backward(dy, x, gamma, mean, rstd, r, d):
-    """Gradients of batchrenorm_forward with r, d held constant; return (dx, dgamma, dbeta)."""
-    dx, dgamma_bn, dbeta = _batchnorm_backward(dy, x, r if gamma is None else gamma * r, mean, rstd)
+def _renorm_backward(bn, dy, x, gamma, mean, rstd, r, d):
+    """batchrenorm_backward on the BatchNorm functions of the module ``bn``."""
+    dx, dgamma_bn, dbeta = bn.batchnorm_backward(dy, x, r if gamma is None else gamma * r, mean, rstd)
     return dx, r * dgamma_bn + d * dbeta, dbeta                                    # [R4]

@@ -1,0 +1,53 @@
+"""Compiled CPU loops for the norms (Numba): the fast CPU path beside the NumPy twins.
+
+Each module here exports the functions of its ``cubn/ref`` namesake with the same
+signatures and results (within the twins' tolerances), so ``cubn.ops.norm.kernel_module``
+can hand NumPy arrays to it instead of the twin. Where the twin makes one NumPy
+pass over memory per operation (about 7 for a LayerNorm forward, 11 for its
+backward), a loop here makes two: the statistics, then the transform; in the
+backward the sums, then dx. They are written like the CUDA kernels they stand
+beside, one row (rownorm) or one channel (batchnorm) at a time, in plain Python
+that Numba compiles on first use and caches on disk.
+
+Sums run in float64 whatever the input dtype, so long rows need no blocking to stay
+as accurate as the twins' float32 sums. ``fastmath`` is limited to reassociation and
+contraction (which lets those sums vectorize); NaN and inf keep their meaning, so the
+non-finite contract of ``cubn/ref`` holds. float16 input goes to the twin.
+
+This path is used when Numba is importable (``pip install "cubn[cpu]"``) and
+``CUBN_KERNELS`` is not ``ref``; ``available()`` says whether it is.
+"""
+import functools
+import importlib.util
+
+import numpy
+
+# Dtypes the loops are compiled for; anything else is handed to the NumPy twin.
+DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+
+
+@functools.lru_cache(maxsize=None)
+def available():
+    """True when Numba can be imported (the loops compile on first call)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def describe():
+    """One line for ``cubn info``: which CPU path the norms take."""
+    if not available():
+        return "CPU norms: the NumPy twins (pip install 'cubn[cpu]' for the compiled loops, cubn/jit)"
+    from importlib.metadata import version
+
+    return f"CPU norms: compiled loops, numba {version('numba')} (cubn/jit; CUBN_KERNELS=ref for the NumPy twins)"
+
+
+def loop(fn):
+    """Compile ``fn`` with Numba: no Python objects, cached on disk, sums allowed to vectorize."""
+    import numba
+
+    return numba.njit(fn, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+
+
+def compiled(x):
+    """True when the loops take this array's dtype (float32, float64)."""
+    return x.dtype in DTYPES
