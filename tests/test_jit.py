@@ -1,8 +1,8 @@
 """The compiled CPU loops (cubn/jit) at the kernel API, and the dispatch that picks them.
 
-The twins' own tests run on the loops too (``JIT_TWIN`` in tests/test_ref_batchnorm.py and
-tests/test_ref_rownorm.py, device "jit"), and so do the non-finite tests of
-tests/test_kernels_gpu.py. Here every public function of ``cubn.jit.{batchnorm,rownorm}``
+The twins' own tests run on the loops too (``JIT_TWIN`` in tests/test_ref_*.py, device "jit"),
+and so do the non-finite tests of tests/test_kernels_gpu.py. Here every public function of
+``cubn.jit.{batchnorm,batchrenorm,rownorm,rmsnorm}``
 meets the float64 references of the CUDA suite on its full-size GPU shapes (C = 1, S = 1,
 70,000 channels or rows, reductions over 2^21 values), float16 to float64, with and without
 affine; the loops keep the contract's names, signatures, dtypes and shapes, leave their
@@ -20,11 +20,11 @@ from cubn.ops.norm import kernel_module
 from test_kernels_cpu import CONTRACT, public_functions
 
 pytestmark = pytest.mark.skipif(not cubn.jit.available(), reason="Numba is not installed (the cpu extra)")
-FAMILIES = ("batchnorm", "batchrenorm", "rownorm")   # the families with compiled loops; RMSNorm stays on its twin
+FAMILIES = suite.MODULES   # every family has its compiled loops
 
 CASES = [
     pytest.param(fn, dtype, shape, affine, id=suite.case_id("jit", fn, None, dtype, shape, affine))
-    for shapes in (suite.BATCH_SHAPES, suite.ROW_SHAPES) for shape in shapes for dtype in suite.DTYPES
+    for shapes in suite.SHAPE_LISTS["cuda"] for shape in shapes for dtype in suite.DTYPES
     for affine in ((True, False) if shape == shapes[3] else (True,))
     for module in FAMILIES if suite.SHAPES["cuda"][module] is shapes for fn in suite.FUNCTIONS[module]]
 
@@ -43,10 +43,9 @@ def test_loops_define_the_contract_with_the_twins_signatures(family):
 
 
 @pytest.mark.parametrize("family", suite.MODULES)
-def test_numpy_input_dispatches_to_the_loops_where_they_exist(monkeypatch, family):
+def test_numpy_input_dispatches_to_the_loops(monkeypatch, family):
     x = np.zeros((2, 3, 4), np.float32)
-    package = "cubn.jit." if family in FAMILIES else "cubn.ref."
-    assert kernel_module(family, x) is importlib.import_module(package + family)
+    assert kernel_module(family, x) is importlib.import_module("cubn.jit." + family)
     monkeypatch.setenv("CUBN_KERNELS", "ref")
     assert kernel_module(family, x) is importlib.import_module("cubn.ref." + family)
     monkeypatch.setenv("CUBN_KERNELS", "emulate")
@@ -59,6 +58,7 @@ def test_numpy_input_dispatches_to_the_loops_where_they_exist(monkeypatch, famil
     ("batchnorm_backward", (64, 5, 1), np.float64),
     ("rownorm_forward", (3, 6, 10, 3), np.float16),
     ("rownorm_backward", (3, 6, 10, 3), np.float16),
+    ("rmsnorm_forward", (3, 10), np.float16),
 ])
 def test_what_is_not_compiled_is_the_twins_result_exactly(fn, shape, dtype):
     family = fn.split("_")[0]
@@ -86,7 +86,8 @@ def test_layers_take_the_loops(monkeypatch):
     for mode in ("jit", "ref"):
         monkeypatch.setenv("CUBN_KERNELS", mode)     # anything but "ref"/"emulate" is the default path
         cubn.manual_seed(0)
-        layers = [nn.BatchNorm2d(6), nn.GroupNorm(3, 6), nn.LayerNorm((5, 5)), nn.InstanceNorm2d(6, affine=True)]
+        layers = [nn.BatchNorm2d(6), nn.GroupNorm(3, 6), nn.LayerNorm((5, 5)), nn.InstanceNorm2d(6, affine=True),
+                  nn.BatchRenorm2d(6), nn.RMSNorm((5, 5))]
         out = []
         for layer in layers:
             xt = cubn.tensor(x, requires_grad=True)
@@ -94,6 +95,8 @@ def test_layers_take_the_loops(monkeypatch):
             out += [xt.grad] + [p.grad for p in layer.parameters()]
         results[mode] = out
     entry_points = [c for c in calls if c.endswith(("_forward", "_backward"))]   # not the phases they call
-    assert entry_points == ["batchnorm_forward", "batchnorm_backward"] + ["rownorm_forward", "rownorm_backward"] * 3
+    assert entry_points == (["batchnorm_forward", "batchnorm_backward"] + ["rownorm_forward", "rownorm_backward"] * 3
+                            + ["batchrenorm_forward", "batchrenorm_backward", "batchnorm_backward",  # the one it runs on
+                               "rmsnorm_forward", "rmsnorm_backward"])
     for got, want in zip(results["jit"], results["ref"]):
         assert_close(got, want, np.float32, "jit vs twin")

@@ -16,6 +16,8 @@ from ref64_rows import rms_ref
 from test_ref_rownorm import DTYPES, EPS, params, run_on, sample
 from tolerance import TOL, assert_close
 
+JIT_TWIN = "rmsnorm"  # conftest: every test here also runs on cubn.jit.rmsnorm (device "jit")
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, ndim", [((4, 10), 1), ((3, 5, 6), 1), ((3, 5, 6), 2),

@@ -1,4 +1,4 @@
-"""Compiled CPU loops for the norms (Numba): the fast CPU path beside the NumPy twins.
+"""Compiled CPU loops for every norm (Numba): the fast CPU path beside the NumPy twins.
 
 Each module here exports the functions of its ``cubn/ref`` namesake with the same
 signatures and results (within the twins' tolerances), so ``cubn.ops.norm.kernel_module``
