@@ -9,7 +9,7 @@
     cubn --version
 
 ``cubn train`` with no arguments trains a small CNN with BatchNorm on the 8x8 digits shipped
-inside cubn (about 99% test accuracy in under 4 seconds on a 2-core CPU, docs/cpu.md). It writes to --out:
+inside cubn (about 99% test accuracy in about 3 seconds on a 2-core CPU, docs/cpu.md). It writes to --out:
 metrics.csv and metrics.json (one row per epoch), curves.png (when matplotlib is installed:
 ``pip install "cubn[plot]"``), checkpoint.npz (after every epoch; ``--resume`` continues from it)
 and model.npz (the final weights with the input standardization they were trained with;

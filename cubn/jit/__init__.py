@@ -48,6 +48,11 @@ def loop(fn):
     return numba.njit(fn, cache=True, nogil=True, fastmath={"reassoc", "contract"})
 
 
+def param(p, fill, size, dtype):
+    """gamma or beta as an array of ``dtype``; None (the layer has no affine) means ``size`` copies of ``fill``."""
+    return numpy.full(size, fill, dtype) if p is None else p.astype(dtype, copy=False)
+
+
 def compiled(x):
     """True when the loops take this array's dtype (float32, float64)."""
     return x.dtype in DTYPES

@@ -15,7 +15,7 @@ so the training forward is three passes over x (sum, deviations, y) and the back
 """
 import numpy
 
-from cubn.jit import compiled, loop
+from cubn.jit import compiled, loop, param
 from cubn.ref import batchnorm as twin
 from cubn.ref.batchnorm import _mean_or_nan, _rstd
 from cubn.ref.common import acc_dtype
@@ -87,11 +87,6 @@ def _sums(loop_fn, *arrays):
     return first, second
 
 
-def _param(p, fill, C, dtype):
-    """gamma or beta (C,) in the statistics' dtype; None means ``fill`` (1 or 0)."""
-    return numpy.full(C, fill, dtype) if p is None else p.astype(dtype, copy=False)
-
-
 def batchnorm_stats(x, eps):
     """Per-channel (mean, biased var, rstd) of x (N, C, S), two-pass, in the accumulation dtype."""
     if not _takes(x):
@@ -111,7 +106,7 @@ def batchnorm_normalize(x, gamma, beta, mean, rstd):
         return twin.batchnorm_normalize(x, gamma, beta, mean, rstd)
     C, acc = x.shape[1], acc_dtype(x.dtype)
     y = numpy.empty_like(x)
-    _transform(x, mean.astype(acc, copy=False), _param(gamma, 1, C, acc) * rstd, _param(beta, 0, C, acc), y)
+    _transform(x, mean.astype(acc, copy=False), param(gamma, 1, C, acc) * rstd, param(beta, 0, C, acc), y)
     return y
 
 
@@ -131,7 +126,7 @@ def batchnorm_dx(dy, x, gamma, mean, rstd, dgamma, dbeta, count):
     acc = acc_dtype(x.dtype)
     dx = numpy.empty_like(x)
     # dbeta/M flows through the mean, xhat*dgamma/M = (x - mean)*(rstd*dgamma/M) through the variance
-    _dx(dy.astype(x.dtype, copy=False), x, mean.astype(acc, copy=False), _param(gamma, 1, x.shape[1], acc) * rstd,
+    _dx(dy.astype(x.dtype, copy=False), x, mean.astype(acc, copy=False), param(gamma, 1, x.shape[1], acc) * rstd,
         (rstd * dgamma / count).astype(acc), (dbeta / count).astype(acc), dx)
     return dx
 

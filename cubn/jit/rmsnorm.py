@@ -7,7 +7,7 @@ g*xhat (g = gamma*dy) and adds dy*xhat to dgamma [M5]; pass 2 writes dx [M6].
 """
 import numpy
 
-from cubn.jit import compiled, loop
+from cubn.jit import compiled, loop, param
 from cubn.ref import rmsnorm as twin
 from cubn.ref.common import acc_dtype
 
@@ -52,7 +52,7 @@ def rmsnorm_forward(x, gamma, eps):
         return twin.rmsnorm_forward(x, gamma, eps)
     acc = acc_dtype(x.dtype)
     y, rrms = numpy.empty_like(x), numpy.empty(x.shape[0], acc)
-    _forward(x, numpy.ones(x.shape[1], acc) if gamma is None else gamma.astype(acc, copy=False), float(eps), y, rrms)
+    _forward(x, param(gamma, 1, x.shape[1], acc), float(eps), y, rrms)
     return y, rrms
 
 
@@ -63,5 +63,5 @@ def rmsnorm_backward(dy, x, gamma, rrms):
     acc = acc_dtype(x.dtype)
     dx, dgamma = numpy.empty_like(x), numpy.zeros(x.shape[1])
     _backward(dy.astype(x.dtype, copy=False), x,
-              numpy.ones(x.shape[1], acc) if gamma is None else gamma.astype(acc, copy=False), rrms, dx, dgamma)
+              param(gamma, 1, x.shape[1], acc), rrms, dx, dgamma)
     return dx, dgamma.astype(acc)

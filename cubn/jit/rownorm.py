@@ -13,7 +13,7 @@ writes dx [E8].
 """
 import numpy
 
-from cubn.jit import compiled, loop
+from cubn.jit import compiled, loop, param
 from cubn.ref import rownorm as twin
 from cubn.ref.common import acc_dtype
 
@@ -77,8 +77,7 @@ def _backward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta):
 
 def _per_position(p, fill, C, S, groups, dtype):
     """A per-channel (C,) parameter (None: ``fill``) as (groups, K): each channel's value repeated S times."""
-    p = numpy.full(C, fill, dtype) if p is None else p
-    return numpy.repeat(p.astype(dtype, copy=False), S).reshape(groups, -1)
+    return twin._per_position(param(p, fill, C, dtype), S).reshape(groups, -1)
 
 
 def rownorm_forward(x, gamma, beta, groups, eps):
