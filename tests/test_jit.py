@@ -100,3 +100,39 @@ def test_layers_take_the_loops(monkeypatch):
                                "rmsnorm_forward", "rmsnorm_backward"])
     for got, want in zip(results["jit"], results["ref"]):
         assert_close(got, want, np.float32, "jit vs twin")
+
+
+def test_loops_compile_without_a_writable_cache_folder(monkeypatch):
+    """Numba refuses cache=True when no folder is writable for its cache; the loops then compile uncached."""
+    import numba.core.caching
+
+    monkeypatch.setattr(numba.core.caching.CacheImpl, "_locator_classes", [])
+
+    def twice(a, out):
+        for i in range(a.shape[0]):
+            out[i] = 2 * a[i]
+
+    compiled = cubn.jit.loop(twice)
+    out = np.empty(3)
+    compiled(np.arange(3.0), out)
+    assert out.tolist() == [0.0, 2.0, 4.0] and compiled._cache.__class__.__name__ == "NullCache"
+
+
+def test_a_numba_that_does_not_import_means_the_twins_and_a_warning(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "numba":
+            raise ImportError("Numba needs NumPy 1.x (a made-up mismatch)")
+        return real_import(name, *args, **kwargs)
+
+    cubn.jit.available.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", broken)
+    try:
+        with pytest.warns(RuntimeWarning, match="Numba is installed but does not import .*made-up mismatch"):
+            assert not cubn.jit.available()
+        assert kernel_module("rownorm", np.zeros((2, 3, 4), np.float32)) is importlib.import_module("cubn.ref.rownorm")
+    finally:
+        cubn.jit.available.cache_clear()

@@ -19,6 +19,7 @@ This path is used when Numba is importable (``pip install "cubn[cpu]"``) and
 """
 import functools
 import importlib.util
+import warnings
 
 import numpy
 
@@ -28,8 +29,17 @@ DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 
 @functools.lru_cache(maxsize=None)
 def available():
-    """True when Numba can be imported (the loops compile on first call)."""
-    return importlib.util.find_spec("numba") is not None
+    """True when Numba imports (the loops compile on first call). A Numba that is installed but does
+    not import (built for another NumPy, say) gives a warning and the twins, not a failed training run."""
+    if importlib.util.find_spec("numba") is None:
+        return False
+    try:
+        import numba  # noqa: F401
+    except Exception as e:   # ImportError, or what a broken install raises
+        warnings.warn(f"Numba is installed but does not import ({e}); the norms run on the NumPy twins",
+                      RuntimeWarning, stacklevel=2)
+        return False
+    return True
 
 
 def describe():
@@ -42,10 +52,17 @@ def describe():
 
 
 def loop(fn):
-    """Compile ``fn`` with Numba: no Python objects, cached on disk, sums allowed to vectorize."""
+    """Compile ``fn`` with Numba: no Python objects, cached on disk, sums allowed to vectorize.
+
+    Where no folder is writable for Numba's cache (a read-only install without a home folder, say;
+    Numba refuses ``cache=True`` there), the loops compile afresh in each process instead."""
     import numba
 
-    return numba.njit(fn, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    options = {"nogil": True, "fastmath": {"reassoc", "contract"}}
+    try:
+        return numba.njit(fn, cache=True, **options)
+    except RuntimeError:    # "cannot cache function ...: no locator available"
+        return numba.njit(fn, **options)
 
 
 def param(p, fill, size, dtype):
