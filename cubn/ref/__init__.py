@@ -1,9 +1,11 @@
 """The NumPy twin of the kernel API.
 
 Every module here has a CUDA twin in ``cubn/cuda`` with the same function
-names and signatures (a test checks this). The code is written against
-``xp = get_array_module(x)``, so it runs on NumPy arrays (the CPU path and the
-test oracle) and on CuPy arrays (a kernel-free GPU baseline).
+names and signatures (a test checks this), and a compiled-loop twin in
+``cubn/jit`` (Numba; what NumPy arrays run on when it is installed). The code
+is written against ``xp = get_array_module(x)``, so it runs on NumPy arrays (the
+test oracle, and the CPU path without Numba) and on CuPy arrays (a kernel-free
+GPU baseline).
 
 Shapes and dtypes, shared by every function:
 
