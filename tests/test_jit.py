@@ -84,7 +84,10 @@ def test_layers_take_the_loops(monkeypatch):
     dy = rng.standard_normal(x.shape).astype(np.float32)
     results = {}
     for mode in ("jit", "ref"):
-        monkeypatch.setenv("CUBN_KERNELS", mode)     # anything but "ref"/"emulate" is the default path
+        if mode == "ref":
+            monkeypatch.setenv("CUBN_KERNELS", "ref")
+        else:
+            monkeypatch.delenv("CUBN_KERNELS", raising=False)     # the default path: the loops
         cubn.manual_seed(0)
         layers = [nn.BatchNorm2d(6), nn.GroupNorm(3, 6), nn.LayerNorm((5, 5)), nn.InstanceNorm2d(6, affine=True),
                   nn.BatchRenorm2d(6), nn.RMSNorm((5, 5))]
