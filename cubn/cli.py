@@ -17,6 +17,7 @@ and model.npz (the final weights with the input standardization they were traine
 """
 import argparse
 import csv
+import importlib.metadata
 import json
 import os
 import platform
@@ -24,8 +25,9 @@ import sys
 
 import numpy
 
-from . import __version__, backend, distributed, jit, models, nn, optim, random, train
+from . import __version__, backend, distributed, models, nn, optim, random, train
 from .cpu import keep_freed_memory, set_num_threads
+from .ops.norm import cpu_norm_path
 from .serialization import load
 from .data import (
     Compose,
@@ -297,7 +299,14 @@ def cmd_info(args, log=print):
     cupy = backend.cupy
     log(f"cupy {cupy.__version__}" if cupy is not None else "cupy not installed (pip install 'cubn[cuda12]' or "
         "'cubn[cuda13]' for the GPU path)")
-    log(jit.describe())
+    path = cpu_norm_path()
+    if path == "loops":
+        log(f"CPU norms: compiled loops, numba {importlib.metadata.version('numba')} "
+            "(cubn/jit; CUBN_KERNELS=ref for the NumPy twins)")
+    elif path == "twins":
+        log("CPU norms: the NumPy twins (cubn/ref; pip install 'cubn[cpu]' for the compiled loops, cubn/jit)")
+    else:
+        log("CPU norms: the CUDA kernels on the CPU emulator (CUBN_KERNELS=emulate)")
     ok = True
     if backend.has_gpu():
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)

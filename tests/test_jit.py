@@ -139,3 +139,16 @@ def test_a_numba_that_does_not_import_means_the_twins_and_a_warning(monkeypatch)
         assert kernel_module("rownorm", np.zeros((2, 3, 4), np.float32)) is importlib.import_module("cubn.ref.rownorm")
     finally:
         cubn.jit.available.cache_clear()
+
+
+def test_cpu_norm_path_names_what_kernel_module_picks(monkeypatch):
+    """``cubn info`` and ``bench cpu`` report the path through this one function."""
+    from cubn.ops.norm import cpu_norm_path
+
+    assert cpu_norm_path() == "loops"
+    for mode, path in (("ref", "twins"), ("emulate", "emulate")):
+        monkeypatch.setenv("CUBN_KERNELS", mode)
+        assert cpu_norm_path() == path
+    monkeypatch.delenv("CUBN_KERNELS")
+    monkeypatch.setattr(cubn.jit, "available", lambda: False)
+    assert cpu_norm_path() == "twins"

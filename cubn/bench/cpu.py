@@ -55,10 +55,11 @@ import time
 
 import numpy
 
-from .. import cpu, data, jit, models, nn, optim
+from .. import cpu, data, models, nn, optim
 from .. import random as cubn_random
 from ..nn import functional as F
 from ..creation import from_numpy
+from ..ops.norm import cpu_norm_path
 from ..tensor import no_grad, tensor
 from . import slug
 from .train import _git_head, cpu_name, import_torch, op_profile
@@ -351,14 +352,9 @@ def run(groups=GROUPS, warmup=FULL["warmup"], reps=FULL["reps"], torch="import",
     meta = {"benchmark": "cpu", "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "numpy": numpy.__version__, "torch": torch.__version__ if torch else None, "torch_missing": why,
-            "cpu_norms": cpu_norms(), "default_threads": dict(DEFAULT_THREADS), "keep_freed_memory": malloc_tuned, "warmup": warmup, "reps": reps, "git": _git_head(),
+            "cpu_norms": cpu_norm_path(), "default_threads": dict(DEFAULT_THREADS), "keep_freed_memory": malloc_tuned, "warmup": warmup, "reps": reps, "git": _git_head(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
     return {"meta": meta, "rows": rows, "profile": profile}
-
-
-def cpu_norms():
-    """Which CPU path the norms took: "loops" (cubn/jit, Numba) or "twins" (the NumPy twins)."""
-    return "loops" if jit.available() and os.environ.get("CUBN_KERNELS") not in ("ref", "emulate") else "twins"
 
 
 # ---------------------------------------------------------------------------
@@ -379,7 +375,8 @@ def markdown(results):
              f"times both, back to back) in brackets. Default threads: cubn (BLAS) {d['cubn']}, PyTorch {d['torch']}. "
              f"cubn.cpu.keep_freed_memory() in effect for both: {m.get('keep_freed_memory')}. cubn's norms ran "
              + ("on the compiled loops (cubn/jit, Numba)." if m.get("cpu_norms") == "loops" else
-                "on the NumPy twins (cubn/ref: no Numba, or CUBN_KERNELS=ref)."), "",
+                "on the NumPy twins (cubn/ref: no Numba, or CUBN_KERNELS=ref)." if m.get("cpu_norms") == "twins" else
+                "on the CUDA kernels, emulated (CUBN_KERNELS=emulate)."), "",
              f"{m['busy']} busy-looping processes ran beside it." if m.get("busy") else "The machine was otherwise idle "
              "(as far as this process can tell: see the load average).", "",
              "Target (1 thread): the step <= 1.2x, each norm <= 1.5x; why a case misses it: docs/cpu.md.", "",

@@ -42,15 +42,6 @@ def available():
     return True
 
 
-def describe():
-    """One line for ``cubn info``: which CPU path the norms take."""
-    if not available():
-        return "CPU norms: the NumPy twins (pip install 'cubn[cpu]' for the compiled loops, cubn/jit)"
-    from importlib.metadata import version
-
-    return f"CPU norms: compiled loops, numba {version('numba')} (cubn/jit; CUBN_KERNELS=ref for the NumPy twins)"
-
-
 def loop(fn):
     """Compile ``fn`` with Numba: no Python objects, cached on disk, sums allowed to vectorize.
 

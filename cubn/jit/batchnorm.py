@@ -17,7 +17,7 @@ import numpy
 
 from cubn.jit import compiled, loop, param
 from cubn.ref import batchnorm as twin
-from cubn.ref.batchnorm import _mean_or_nan, _rstd
+from cubn.ref.batchnorm import _inference_dx, _mean_or_nan, _rstd
 from cubn.ref.common import acc_dtype
 
 
@@ -160,5 +160,4 @@ def batchnorm_inference_backward(dy, x, gamma, mean, var, eps):
         return twin.batchnorm_inference_backward(dy, x, gamma, mean, var, eps)
     rstd = _rstd(var, eps)
     dgamma, dbeta = batchnorm_param_grads(dy, x, mean, rstd)
-    scale = rstd if gamma is None else gamma * rstd
-    return (scale.reshape(1, -1, 1) * dy).astype(x.dtype, copy=False), dgamma, dbeta
+    return _inference_dx(dy, gamma, rstd, x.dtype), dgamma, dbeta      # one NumPy pass: nothing to fuse

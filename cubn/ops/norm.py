@@ -46,6 +46,13 @@ def kernel_module(family, x):
     return importlib.import_module("cubn.ref." + family)
 
 
+def cpu_norm_path():
+    """Which implementation the norms take for NumPy arrays now: "loops" (cubn/jit) or "twins" (cubn/ref),
+    or "emulate" under CUBN_KERNELS=emulate (the CUDA kernels on the CPU emulator)."""
+    package = kernel_module("batchnorm", numpy.zeros((1, 1, 2), numpy.float32)).__name__.split(".")[1]
+    return {"jit": "loops", "ref": "twins", "cuda": "emulate"}[package]
+
+
 def _flat(p, dtype):
     """A parameter as the contiguous 1-D array of the accumulation dtype the kernels take."""
     if p is None:

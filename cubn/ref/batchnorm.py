@@ -164,5 +164,10 @@ def batchnorm_inference_backward(dy, x, gamma, mean, var, eps):
     rstd = _rstd(var, eps)
     dy = _acc(dy)
     dgamma, dbeta = _param_grads(dy, _deviations(x, mean), rstd)
+    return _inference_dx(dy, gamma, rstd, x.dtype), dgamma, dbeta
+
+
+def _inference_dx(dy, gamma, rstd, dtype):
+    """dx of batchnorm_inference: gamma*rstd*dy per channel, cast to ``dtype``."""
     scale = rstd if gamma is None else gamma * rstd
-    return (_per_channel(scale) * dy).astype(x.dtype, copy=False), dgamma, dbeta
+    return (_per_channel(scale) * dy).astype(dtype, copy=False)
